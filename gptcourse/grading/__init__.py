@@ -1,0 +1,443 @@
+"""Self-grading for the exercise notebooks.
+
+An exercise is a stub the learner fills in::
+
+    def utf8_bytes(text):
+        raise NotImplementedError("Exercise 1.1: return the UTF-8 bytes of text as a list of ints")
+
+and a check cell::
+
+    from gptcourse.grading import check
+    check("1.1", utf8_bytes)
+
+:func:`check` runs the learner's function and the library's reference on the same fixed-seed
+random inputs and edge cases and prints one line -- ✓ when every case agrees, ✗ with the first
+failing case (input, expected, got), or "not attempted yet" while the stub still raises
+``NotImplementedError``. A wrong answer or an exception in the learner's code never ends in
+a traceback, and the reference code is never shown.
+
+``gptcourse grade NOTEBOOK`` executes a whole exercise notebook and prints a score table
+(see :func:`grade`). Tasks live in ``gptcourse/grading/lessonNN.py``; each module registers
+its tasks with :func:`register` when first needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import json
+import math
+import os
+import pkgutil
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Case",
+    "CheckResult",
+    "GradeReport",
+    "Task",
+    "check",
+    "get_task",
+    "grade",
+    "register",
+    "run_check",
+    "task_ids",
+]
+
+LOG_ENV = "GPTCOURSE_GRADE_LOG"
+TIME_LIMIT_S = 120.0
+
+
+@dataclass
+class Case:
+    """One input for a task: positional and keyword arguments, and an optional label."""
+
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass
+class Task:
+    """A graded exercise: a reference, its inputs and how answers are compared.
+
+    ``cases`` is a function returning the list of :class:`Case` (built on first use from
+    a fixed seed). ``compare(expected, got)`` returns ``None`` when ``got`` is right, or a
+    short reason why not.
+    """
+
+    id: str
+    title: str
+    reference: Callable[..., Any]
+    cases: Callable[[], list[Case]]
+    compare: Callable[[Any, Any], str | None] | None = None
+    hint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.compare is None:
+            self.compare = same
+
+
+_TASKS: dict[str, Task] = {}
+_LOADED = False
+
+
+def register(task: Task) -> Task:
+    """Add a task to the registry (ids look like ``"1.3"``: lesson.number)."""
+    if not re.fullmatch(r"\d+\.\d+", task.id):
+        raise ValueError(f"task id {task.id!r} must look like '1.3' (lesson.number)")
+    if task.id in _TASKS and _TASKS[task.id] is not task:
+        raise ValueError(f"task {task.id} is registered twice")
+    _TASKS[task.id] = task
+    return task
+
+
+def _load_all() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    package = Path(__file__).parent
+    for info in pkgutil.iter_modules([str(package)]):
+        if info.name.startswith("lesson"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def task_ids() -> list[str]:
+    """All registered task ids, in lesson order."""
+    _load_all()
+    return sorted(_TASKS, key=lambda t: tuple(int(x) for x in t.split(".")))
+
+
+def get_task(task_id: str) -> Task:
+    _load_all()
+    if not isinstance(task_id, str) or task_id not in _TASKS:
+        known = ", ".join(task_ids())
+        raise KeyError(f"unknown exercise {task_id!r}; known exercises: {known}")
+    return _TASKS[task_id]
+
+
+# --------------------------------------------------------------------------------------
+# Comparing answers
+# --------------------------------------------------------------------------------------
+
+
+def _normalise(x: Any) -> Any:
+    """Make equal-in-spirit answers compare equal: tuples/lists, Counter/dict, numpy ints."""
+    if hasattr(x, "detach") and hasattr(x, "tolist"):  # torch tensor
+        return x
+    if type(x).__module__ == "numpy":
+        return x.tolist() if hasattr(x, "tolist") else x
+    if isinstance(x, Mapping):
+        return {_hashable(_normalise(k)): _normalise(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_normalise(v) for v in x]
+    return x
+
+
+def _hashable(x: Any) -> Any:
+    if isinstance(x, list):
+        return tuple(_hashable(v) for v in x)
+    return x
+
+
+def same(expected: Any, got: Any) -> str | None:
+    """Exact equality (lists == tuples, dict == Counter), floats within 1e-6 relative."""
+    e, g = _normalise(expected), _normalise(got)
+    if hasattr(e, "detach"):
+        import torch
+
+        if not isinstance(g, torch.Tensor):
+            return f"expected a torch.Tensor, got {type(got).__name__}"
+        if g.shape != e.shape:
+            return f"shape {tuple(g.shape)} instead of {tuple(e.shape)}"
+        if not torch.allclose(g.to(e.dtype), e, rtol=1e-5, atol=1e-6):
+            return f"values differ (max abs diff {float((g.to(e.dtype) - e).abs().max()):.3g})"
+        return None
+    if isinstance(e, float) or isinstance(g, float):
+        try:
+            ok = math.isclose(float(e), float(g), rel_tol=1e-6, abs_tol=1e-9)
+        except (TypeError, ValueError):
+            return f"expected a number, got {type(got).__name__}"
+        return None if ok else "not equal"
+    if g is None and e is not None:
+        return "your function returned None (is a `return` missing?)"
+    if type(e) is not type(g) and not (isinstance(e, (int, float)) and isinstance(g, (int, float))):
+        return f"expected a {type(expected).__name__}, got a {type(got).__name__}"
+    return None if e == g else "not equal"
+
+
+# --------------------------------------------------------------------------------------
+# Running a check
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check: ``status`` is "passed", "failed" or "not attempted"."""
+
+    task: str
+    title: str
+    status: str
+    passed: int
+    total: int
+    detail: str = ""
+
+    def __bool__(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def report(self) -> str:
+        head = f"Exercise {self.task} · {self.title}"
+        if self.status == "passed":
+            return f"✓ {head} — all {self.total} cases passed"
+        if self.status == "not attempted":
+            return f"… {head} — not attempted yet ({self.detail})"
+        return f"✗ {head} — {self.detail}"
+
+    def __str__(self) -> str:
+        return self.report
+
+    def _ipython_display_(self) -> None:  # check() already printed the report
+        pass
+
+
+def _short(x: Any, limit: int = 300) -> str:
+    text = repr(x)
+    if hasattr(x, "shape") and hasattr(x, "dtype") and len(text) > limit:
+        text = f"tensor(shape={tuple(x.shape)}, dtype={x.dtype})"
+    return text if len(text) <= limit else text[: limit - 20] + f"... ({len(text)} chars)"
+
+
+def _call_repr(fn: Callable, name: str, case: Case) -> str:
+    try:
+        bound = inspect.signature(fn).bind(*case.args, **case.kwargs)
+        parts = [f"{k}={_short(v, 160)}" for k, v in bound.arguments.items()]
+    except (TypeError, ValueError):
+        parts = [_short(a, 160) for a in case.args] + [
+            f"{k}={_short(v, 160)}" for k, v in case.kwargs.items()
+        ]
+    return f"{name}({', '.join(parts)})"
+
+
+class _TimeLimit:
+    """Stop a learner's function that runs too long (main thread on POSIX only)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.active = (
+            hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+        )
+
+    def _fire(self, signum, frame):
+        raise TimeoutError(f"took longer than {self.seconds:.0f} s")
+
+    def __enter__(self):
+        if self.active:
+            self.old = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old)
+        return False
+
+
+def _is_stub(err: BaseException) -> bool:
+    """A stub raises NotImplementedError before the learner has written anything."""
+    return isinstance(err, NotImplementedError)
+
+
+def run_check(task_id: str, obj: Any, time_limit: float = TIME_LIMIT_S) -> CheckResult:
+    """Grade ``obj`` on task ``task_id`` without printing; see :func:`check`."""
+    task = get_task(task_id)
+    cases = task.cases()
+    total = len(cases)
+
+    def result(status: str, passed: int, detail: str = "") -> CheckResult:
+        return CheckResult(task.id, task.title, status, passed, total, detail)
+
+    if not callable(obj):
+        return result("failed", 0, f"expected a function, got {type(obj).__name__} {_short(obj, 80)}")
+    name = getattr(obj, "__name__", "your_function")
+    try:
+        with _TimeLimit(time_limit):
+            for n, case in enumerate(cases, 1):
+                expected = task.reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+                try:
+                    got = obj(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+                except TimeoutError:
+                    raise
+                except Exception as err:  # the learner's bug: report, never a traceback
+                    if _is_stub(err) and n == 1:
+                        return result("not attempted", n - 1, f"the stub still raises NotImplementedError")
+                    why = f"raised {type(err).__name__}: {err}"
+                    return result("failed", n - 1, _failure(task, name, obj, n, total, case, expected, why))
+                try:
+                    reason = task.compare(expected, got)
+                except Exception as err:  # an answer of a shape the comparison can't handle
+                    reason = f"cannot be compared with the expected answer ({type(err).__name__}: {err})"
+                if reason is not None:
+                    detail = _failure(task, name, obj, n, total, case, expected, reason, got=got)
+                    return result("failed", n - 1, detail)
+    except TimeoutError as err:
+        return result("failed", 0, f"stopped: your function {err} (limit {time_limit:.0f} s for all cases)")
+    return result("passed", total)
+
+
+_NOTHING = object()
+
+
+def _failure(task, name, obj, n, total, case, expected, why, got=_NOTHING) -> str:
+    lines = [f"case {n} of {total} failed" + (f" ({case.label})" if case.label else "")]
+    lines.append(f"    input:    {_call_repr(obj, name, case)}")
+    lines.append(f"    expected: {_short(expected)}")
+    if got is not _NOTHING:
+        lines.append(f"    got:      {_short(got)}")
+    if why != "not equal":
+        lines.append(f"    problem:  {why}")
+    if task.hint:
+        lines.append(f"    hint:     {task.hint}")
+    return "\n".join(lines)
+
+
+def check(task_id: str, obj: Any) -> CheckResult:
+    """Grade a learner's function against the library and print ✓ / ✗ / not attempted.
+
+    Returns the :class:`CheckResult` (truthy when every case passed). An unknown task id is
+    the only error raised; anything wrong in the learner's code is reported, not raised.
+    """
+    res = run_check(task_id, obj)
+    print(res.report)
+    log = os.environ.get(LOG_ENV)
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"task": res.task, "status": res.status, "passed": res.passed, "total": res.total}) + "\n")
+    return res
+
+
+# --------------------------------------------------------------------------------------
+# Grading a whole notebook
+# --------------------------------------------------------------------------------------
+
+_CHECK_CALL = re.compile(r"""\bcheck\(\s*["'](\d+\.\d+)["']""")
+
+
+@dataclass
+class GradeReport:
+    notebook: str
+    rows: list[tuple[str, str, str, str]]  # task, title, status, cases
+    errors: list[str]
+
+    @property
+    def score(self) -> int:
+        return sum(1 for r in self.rows if r[2] == "passed")
+
+    @property
+    def total(self) -> int:
+        return len(self.rows)
+
+    def table(self) -> str:
+        mark = {"passed": "✓", "failed": "✗", "not attempted": "…", "not run": "!"}
+        width = max([len(r[1]) for r in self.rows] + [5])
+        lines = [f"{self.notebook}", f"  {'task':<6} {'exercise':<{width}}  result"]
+        for task_id, title, status, cases in self.rows:
+            lines.append(f"  {task_id:<6} {title:<{width}}  {mark.get(status, '?')} {status} {cases}")
+        lines.append(f"  score: {self.score}/{self.total}")
+        lines.extend(f"  note: {e}" for e in self.errors)
+        return "\n".join(lines)
+
+
+def tasks_in_notebook(nb) -> list[str]:
+    """Task ids of the check calls in a notebook, in order of appearance."""
+    seen: list[str] = []
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            for t in _CHECK_CALL.findall(cell.source):
+                if t not in seen:
+                    seen.append(t)
+    return seen
+
+
+def _kernel_manager():
+    """A kernel running this Python (not whatever ``python`` is first on PATH)."""
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    km.kernel_spec.argv[0] = sys.executable
+    return km
+
+
+def execute_notebook(nb, cwd: str | os.PathLike, timeout: int = 900, allow_errors: bool = True, env: dict | None = None):
+    """Execute ``nb`` in place with a kernel of this Python; returns the notebook."""
+    from nbclient import NotebookClient
+
+    old = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            km=_kernel_manager(),
+            allow_errors=allow_errors,
+            resources={"metadata": {"path": str(cwd)}},
+        )
+        client.execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def grade(notebook: str | os.PathLike, timeout: int = 900) -> GradeReport:
+    """Execute an exercise notebook and collect the result of each check cell."""
+    import tempfile
+
+    import nbformat
+
+    path = Path(notebook)
+    if not path.is_file():
+        raise FileNotFoundError(f"no notebook at {path}")
+    nb = nbformat.read(path, as_version=4)
+    expected = tasks_in_notebook(nb)
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "grades.jsonl"
+        log.touch()
+        errors: list[str] = []
+        try:
+            execute_notebook(nb, path.parent, timeout=timeout, env={LOG_ENV: str(log)})
+        except Exception as err:  # kernel died, timeout: grade what ran
+            errors.append(f"execution stopped: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        results = {}
+        for line in log.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            results[rec["task"]] = rec
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error" and out.get("ename") != "NotImplementedError":
+                errors.append(f"a cell raised {out.get('ename')}: {out.get('evalue', '')[:200]}")
+    rows = []
+    for task_id in expected:
+        try:
+            title = get_task(task_id).title
+        except KeyError:
+            title = "(unknown task)"
+        rec = results.get(task_id)
+        if rec is None:
+            rows.append((task_id, title, "not run", ""))
+        else:
+            rows.append((task_id, title, rec["status"], f"({rec['passed']}/{rec['total']} cases)"))
+    return GradeReport(str(path), rows, errors)
