@@ -322,7 +322,8 @@ def check(task_id: str, obj: Any) -> CheckResult:
     log = os.environ.get(LOG_ENV)
     if log:
         with open(log, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"task": res.task, "status": res.status, "passed": res.passed, "total": res.total}) + "\n")
+            rec = {"task": res.task, "status": res.status, "passed": res.passed, "total": res.total, "report": res.report}
+            f.write(json.dumps(rec) + "\n")
     return res
 
 
@@ -338,6 +339,7 @@ class GradeReport:
     notebook: str
     rows: list[tuple[str, str, str, str]]  # task, title, status, cases
     errors: list[str]
+    reports: dict[str, str] = field(default_factory=dict)  # task -> check's printed report
 
     @property
     def score(self) -> int:
@@ -355,6 +357,10 @@ class GradeReport:
             lines.append(f"  {task_id:<6} {title:<{width}}  {mark.get(status, '?')} {status} {cases}")
         lines.append(f"  score: {self.score}/{self.total}")
         lines.extend(f"  note: {e}" for e in self.errors)
+        for task_id, _, status, _ in self.rows:
+            if status == "failed" and task_id in self.reports:
+                lines.append("")
+                lines.extend("  " + ln for ln in self.reports[task_id].splitlines())
         return "\n".join(lines)
 
 
@@ -375,6 +381,7 @@ def _kernel_manager():
 
     km = KernelManager(kernel_name="python3")
     km.kernel_spec.argv[0] = sys.executable
+    km.kernel_spec.argv.append("--IPKernelApp.log_level=ERROR")  # no transport warnings
     return km
 
 
@@ -384,16 +391,19 @@ def execute_notebook(nb, cwd: str | os.PathLike, timeout: int = 900, allow_error
 
     old = {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
+    km = _kernel_manager()
     try:
         client = NotebookClient(
             nb,
             timeout=timeout,
-            km=_kernel_manager(),
+            km=km,
             allow_errors=allow_errors,
             resources={"metadata": {"path": str(cwd)}},
         )
         client.execute()
     finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -440,4 +450,5 @@ def grade(notebook: str | os.PathLike, timeout: int = 900) -> GradeReport:
             rows.append((task_id, title, "not run", ""))
         else:
             rows.append((task_id, title, rec["status"], f"({rec['passed']}/{rec['total']} cases)"))
-    return GradeReport(str(path), rows, errors)
+    reports = {t: r.get("report", "") for t, r in results.items()}
+    return GradeReport(str(path), rows, errors, reports)
