@@ -22,8 +22,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 __all__ = [
     "Corpus",
     "CorpusError",
@@ -208,6 +206,8 @@ def _stale_note(stale: list[Path]) -> str:
 
 def _fetch(url: str, out, desc: str, timeout: float = 60.0) -> None:
     """Stream ``url`` into the binary file object ``out``; raise if it ends early."""
+    from tqdm.auto import tqdm
+
     request = urllib.request.Request(url, headers={"User-Agent": "gptcourse"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         total = response.headers.get("Content-Length")

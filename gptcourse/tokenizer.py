@@ -176,7 +176,12 @@ def train_merges_naive(
 
 def apply_merges(ids: Sequence[int], merges: Sequence[tuple[int, int, int]]) -> list[int]:
     """Encode with an explicit merge list (minbpe's rule): while some adjacent pair was
-    merged during training, merge the one learned earliest. Readable, not fast."""
+    merged during training, merge the one learned earliest. Readable, not fast.
+
+    ``ids`` are token ids, not raw bytes: for a vocabulary whose single-byte ids are not the
+    byte values (GPT-2's are reordered: byte 97 ``a`` is id 64) map the bytes first, e.g.
+    ``[tok.mergeable_ranks[bytes([b])] for b in data]``. Builds its lookup table on every
+    call; for many calls use :meth:`BPETokenizer.encode`."""
     rank = {}
     for k, (a, b, new) in enumerate(merges):
         rank.setdefault((a, b), (k, new))
