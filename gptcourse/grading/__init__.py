@@ -280,7 +280,7 @@ def run_check(task_id: str, obj: Any, time_limit: float = TIME_LIMIT_S) -> Check
                     raise
                 except Exception as err:  # the learner's bug: report, never a traceback
                     if _is_stub(err) and n == 1:
-                        return result("not attempted", n - 1, f"the stub still raises NotImplementedError")
+                        return result("not attempted", n - 1, "the stub still raises NotImplementedError")
                     why = f"raised {type(err).__name__}: {err}"
                     return result("failed", n - 1, _failure(task, name, obj, n, total, case, expected, why))
                 try:
