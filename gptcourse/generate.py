@@ -62,7 +62,6 @@ def _stop_ids(stop, tokenizer) -> tuple[set[int], list[str]]:
     return ids, strings
 
 
-@torch.no_grad()
 def stream(
     model: GPT,
     idx: torch.Tensor | Sequence[int],
@@ -95,6 +94,15 @@ def stream(
     idx = idx.to(device).long()
     if (idx < 0).any() or (idx >= model.config.vocab_size).any():
         raise ValueError(f"prompt ids must be in 0..{model.config.vocab_size - 1}")
+    # arguments are checked above, when stream() is called; the loop runs when iterated
+    return _steps(model, idx, max_new_tokens, temperature, top_k, top_p, stop_ids, stop_strings,
+                  use_cache, generator, tokenizer)
+
+
+@torch.no_grad()
+def _steps(model, idx, max_new_tokens, temperature, top_k, top_p, stop_ids, stop_strings,
+           use_cache, generator, tokenizer) -> Iterator[torch.Tensor]:
+    device = idx.device
     block = model.config.block_size
     was_training = model.training
     model.eval()
@@ -104,7 +112,10 @@ def stream(
         cache = None
         done = torch.zeros(B, dtype=torch.bool, device=device)
         last_stop = torch.zeros(B, dtype=torch.long, device=device)
-        texts = [""] * B
+        new_ids: list[list[int]] = [[] for _ in range(B)]
+        # a stop string can span several tokens, and a character several byte tokens: decode
+        # a window of the latest ids wide enough to hold the longest stop string
+        window = max((len(s.encode("utf-8")) for s in stop_strings), default=0) + 4
         for _ in range(max_new_tokens):
             if use_cache:
                 if cache is None or cache.length >= block:
@@ -130,8 +141,9 @@ def stream(
                 t = int(nxt[b])
                 hit = t in stop_ids
                 if stop_strings and not hit:
-                    texts[b] += tokenizer.decode([t])
-                    hit = any(texts[b].endswith(s) or s in texts[b][-(len(s) + 16):] for s in stop_strings)
+                    new_ids[b].append(t)
+                    tail = tokenizer.decode(new_ids[b][-window:])
+                    hit = any(s in tail for s in stop_strings)
                 if hit:
                     done[b] = True
                     last_stop[b] = t

@@ -62,6 +62,15 @@ class GPTConfig:
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"e.g. n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
             )
+        for name in ("bias", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name in ("dropout", "rope_base", "layer_norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+        if self.rope_base <= 0 or self.layer_norm_eps <= 0:
+            raise ValueError("rope_base and layer_norm_eps must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pos_encoding not in ("learned", "rope"):
@@ -296,6 +305,14 @@ class GPT(nn.Module):
                 f"block_size is {self.config.block_size} but the input has {past + T} tokens{where}; "
                 "crop the input (idx[:, -block_size:]) or raise block_size"
             )
+        if idx.device.type != "cuda":  # on CUDA this check would sync; the kernel asserts instead
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                bad = hi if hi >= self.config.vocab_size else lo
+                raise ValueError(
+                    f"token id {bad} is outside the vocabulary 0..{self.config.vocab_size - 1}; "
+                    "does the tokenizer match the model's vocab_size?"
+                )
         if targets is not None:
             if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
                 shape = tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
@@ -379,6 +396,9 @@ class GPT(nn.Module):
         act = hf.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"activation {act!r} is not GPT-2's tanh GELU; this loader cannot map it")
+        for flag, ok in (("scale_attn_by_inverse_layer_idx", False), ("scale_attn_weights", True)):
+            if hf.get(flag, ok) != ok:
+                raise ValueError(f"{folder}: {flag}={hf[flag]} changes attention; this GPT-2 loader does not support it")
         config = GPTConfig(
             vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
             n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
@@ -449,7 +469,10 @@ class GPT(nn.Module):
             "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
             "initializer_range": 0.02, "tie_word_embeddings": cfg.tie_weights,
             "scale_attn_weights": True, "use_cache": True,
-            "bos_token_id": min(50256, cfg.vocab_size - 1), "eos_token_id": min(50256, cfg.vocab_size - 1),
+            # GPT-2's <|endoftext|> only where the vocabulary has it: any other id would make
+            # transformers' generate() stop at an ordinary token
+            "bos_token_id": 50256 if cfg.vocab_size > 50256 else None,
+            "eos_token_id": 50256 if cfg.vocab_size > 50256 else None,
         }
         (folder / "config.json").write_text(json.dumps(hf_config, indent=2))
         return folder
