@@ -270,4 +270,4 @@ def _download(corpus: Corpus, target: Path, stale: list[Path]) -> Path:
 
 def load_text(name: str, encoding: str = "utf-8") -> str:
     """The corpus ``name`` as a string (downloaded and verified on first use)."""
-    return path(name).read_text(encoding=encoding)
+    return path(name).read_bytes().decode(encoding)  # exact text: no newline translation

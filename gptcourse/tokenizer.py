@@ -77,11 +77,16 @@ class TokenizerFileError(ValueError):
 
 
 def _check_text(text: object) -> str:
+    """Validate ``text``; lone surrogates (not encodable as UTF-8) become U+FFFD, like tiktoken."""
     if not isinstance(text, str):
         raise TypeError(
             f"encode() takes a str, got {type(text).__name__}; decode bytes first "
             "(e.g. data.decode('utf-8'))"
         )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
 
 
