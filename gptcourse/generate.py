@@ -1,7 +1,7 @@
 """Text generation: greedy, temperature, top-k, top-p, stop tokens, streaming, a KV cache.
 
 ``generate(model, idx, max_new_tokens, ...)`` returns the prompt followed by the new ids;
-``stream(...)`` yields the new ids (one step at a time (a tokenizer is used for stop strings).
+``stream(...)`` yields the new ids one step at a time (a tokenizer is needed only for stop strings).
 
 Each step runs the model on the context, takes the logits of the last position, divides them
 by the temperature, keeps the ``top_k`` most likely tokens and/or the smallest set whose
