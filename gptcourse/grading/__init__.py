@@ -45,6 +45,7 @@ __all__ = [
     "GradeReport",
     "Task",
     "check",
+    "close",
     "get_task",
     "grade",
     "register",
@@ -173,6 +174,30 @@ def same(expected: Any, got: Any) -> str | None:
     if type(e) is not type(g) and not (isinstance(e, (int, float)) and isinstance(g, (int, float))):
         return f"expected a {type(expected).__name__}, got a {type(got).__name__}"
     return None if e == g else "not equal"
+
+
+def close(atol: float, rtol: float = 1e-5) -> Callable[[Any, Any], str | None]:
+    """A comparison for tensor answers: same shape, and ``allclose(got, expected, rtol, atol)``
+    (``atol=0, rtol=0`` is exact). A bool ``expected`` needs a bool answer, equal exactly."""
+    import torch
+
+    def compare(expected, got):
+        if not isinstance(got, torch.Tensor):
+            return f"expected a torch.Tensor, got {type(got).__name__}"
+        if got.shape != expected.shape:
+            return f"shape {tuple(got.shape)} instead of {tuple(expected.shape)}"
+        if expected.dtype == torch.bool:
+            if got.dtype != torch.bool:
+                return f"expected a bool tensor, got dtype {got.dtype}"
+            return None if torch.equal(got, expected) else "values differ"
+        if not got.is_floating_point():
+            return f"expected floating-point values, got dtype {got.dtype}"
+        if not torch.allclose(got.double(), expected.double(), rtol=rtol, atol=atol):
+            diff = (got.double() - expected.double()).abs()
+            return f"values differ (max abs diff {float(diff.nan_to_num(float('inf')).max()):.3g}, tolerance {atol:g})"
+        return None
+
+    return compare
 
 
 # --------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch
 
 from ..data import SlidingWindowDataset
 from ..model import GPT, GPTConfig, apply_rope, rope_cache
-from . import Case, Task, register
+from . import Case, Task, close, register
 
 
 def _windows(ids: list[int], block_size: int, stride: int) -> list[tuple[list[int], list[int]]]:
@@ -55,20 +55,7 @@ def _rope_rotate(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     return apply_rope(x[None, None], cos, sin)[0, 0]
 
 
-def _close(atol: float):
-    def compare(expected, got):
-        if not isinstance(got, torch.Tensor):
-            return f"expected a torch.Tensor, got {type(got).__name__}"
-        if got.shape != expected.shape:
-            return f"shape {tuple(got.shape)} instead of {tuple(expected.shape)}"
-        if not got.is_floating_point():
-            return f"expected floating-point values, got dtype {got.dtype}"
-        diff = float((got.double() - expected.double()).abs().max()) if got.numel() else 0.0
-        if not diff <= atol:  # also catches NaN
-            return f"values differ (max abs diff {diff:.3g}, tolerance {atol:g})"
-        return None
-
-    return compare
+_close = close
 
 
 # -- cases -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import CausalSelfAttention, GPTConfig
-from . import Case, Task, register
+from . import Case, Task, close, register
 
 
 def _attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -55,24 +55,7 @@ def _multi_head(x, c_attn_weight, c_attn_bias, c_proj_weight, c_proj_bias, n_hea
         return attn(x)
 
 
-def _close(atol: float, rtol: float = 1e-5):
-    def compare(expected, got):
-        if not isinstance(got, torch.Tensor):
-            return f"expected a torch.Tensor, got {type(got).__name__}"
-        if got.shape != expected.shape:
-            return f"shape {tuple(got.shape)} instead of {tuple(expected.shape)}"
-        if expected.dtype == torch.bool:
-            if got.dtype != torch.bool:
-                return f"expected a bool tensor (True where attending is allowed), got dtype {got.dtype}"
-            return None if torch.equal(got, expected) else "values differ"
-        if not got.is_floating_point():
-            return f"expected floating-point values, got dtype {got.dtype}"
-        if not torch.allclose(got.double(), expected.double(), rtol=rtol, atol=atol):
-            diff = (got.double() - expected.double()).abs()
-            return f"values differ (max abs diff {float(diff.nan_to_num(float('inf')).max()):.3g})"
-        return None
-
-    return compare
+_close = close
 
 
 # -- cases -----------------------------------------------------------------------------

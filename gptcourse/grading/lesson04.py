@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import GPT, MLP, Block, GPTConfig
-from . import Case, Task, register
+from . import Case, Task, close, register
 
 
 def _config(n_embd: int, n_head: int = 1, **kw) -> GPTConfig:
@@ -69,20 +69,7 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 # -- comparisons ---------------------------------------------------------------------------
 
 
-def _close(atol: float, rtol: float = 1e-5):
-    def compare(expected, got):
-        if not isinstance(got, torch.Tensor):
-            return f"expected a torch.Tensor, got {type(got).__name__}"
-        if got.shape != expected.shape:
-            return f"shape {tuple(got.shape)} instead of {tuple(expected.shape)}"
-        if not got.is_floating_point():
-            return f"expected floating-point values, got dtype {got.dtype}"
-        if not torch.allclose(got.double(), expected.double(), rtol=rtol, atol=atol):
-            diff = (got.double() - expected.double()).abs()
-            return f"values differ (max abs diff {float(diff.nan_to_num(float('inf')).max()):.3g})"
-        return None
-
-    return compare
+_close = close
 
 
 def _exact_int(expected, got):
