@@ -62,6 +62,20 @@ def _stop_ids(stop, tokenizer) -> tuple[set[int], list[str]]:
     return ids, strings
 
 
+def _prompt(model: GPT, idx: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """The prompt as a (B, T) long tensor on the model's device, ids checked."""
+    if not isinstance(idx, torch.Tensor):
+        idx = torch.tensor([list(idx)], dtype=torch.long)
+    if idx.dim() == 1:
+        idx = idx[None]
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ValueError(f"the prompt must have shape (batch, time) with time >= 1, got {tuple(idx.shape)}")
+    idx = idx.to(next(model.parameters()).device).long()
+    if (idx < 0).any() or (idx >= model.config.vocab_size).any():
+        raise ValueError(f"prompt ids must be in 0..{model.config.vocab_size - 1}")
+    return idx
+
+
 def stream(
     model: GPT,
     idx: torch.Tensor | Sequence[int],
@@ -84,16 +98,7 @@ def stream(
         raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
     _check_sampling(temperature, top_k, top_p)
     stop_ids, stop_strings = _stop_ids(stop, tokenizer)
-    device = next(model.parameters()).device
-    if not isinstance(idx, torch.Tensor):
-        idx = torch.tensor([list(idx)], dtype=torch.long)
-    if idx.dim() == 1:
-        idx = idx[None]
-    if idx.dim() != 2 or idx.size(1) == 0:
-        raise ValueError(f"the prompt must have shape (batch, time) with time >= 1, got {tuple(idx.shape)}")
-    idx = idx.to(device).long()
-    if (idx < 0).any() or (idx >= model.config.vocab_size).any():
-        raise ValueError(f"prompt ids must be in 0..{model.config.vocab_size - 1}")
+    idx = _prompt(model, idx)
     # arguments are checked above, when stream() is called; the loop runs when iterated
     return _steps(model, idx, max_new_tokens, temperature, top_k, top_p, stop_ids, stop_strings,
                   use_cache, generator, tokenizer)
@@ -170,13 +175,9 @@ def generate(
     See :func:`stream` for the options. ``temperature <= 0`` is greedy decoding; pass a seeded
     ``torch.Generator`` for reproducible sampling.
     """
-    if not isinstance(idx, torch.Tensor):
-        idx = torch.tensor([list(idx)], dtype=torch.long)
-    if idx.dim() == 1:
-        idx = idx[None]
-    steps = list(stream(model, idx, max_new_tokens, temperature, top_k, top_p, stop,
+    prompt = _prompt(model, idx)
+    steps = list(stream(model, prompt, max_new_tokens, temperature, top_k, top_p, stop,
                         use_cache, generator, tokenizer))
-    prompt = idx.to(next(model.parameters()).device).long()
     if not steps:
         return prompt
     return torch.cat([prompt, torch.stack(steps, dim=1)], dim=1)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import numbers
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -90,8 +91,9 @@ def _check_text(text: object) -> str:
     return text
 
 
-def _check_ids(ids: object, vocab_size: int, known: dict[int, object]) -> list[int]:
-    """Turn ``ids`` (list, tuple, numpy array, tensor) into a list of ints in the vocabulary."""
+def _check_ids(ids: object, vocab_size: int, known: dict[int, object] | None = None) -> list[int]:
+    """Turn ``ids`` (list, tuple, numpy array, tensor) into a list of ints in the vocabulary:
+    the keys of ``known`` when given (a vocabulary may have gaps), else ``0..vocab_size-1``."""
     if hasattr(ids, "tolist"):
         ids = ids.tolist()
     if isinstance(ids, int):
@@ -100,9 +102,10 @@ def _check_ids(ids: object, vocab_size: int, known: dict[int, object]) -> list[i
         raise TypeError(f"decode() takes a sequence of ints, got {type(ids).__name__}")
     out = list(ids)
     for pos, i in enumerate(out):
-        if isinstance(i, bool) or not isinstance(i, int):
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
             raise TypeError(f"token id at position {pos} is {i!r} ({type(i).__name__}), not an int")
-        if i not in known:
+        i = out[pos] = int(i)  # numpy / torch integer scalars too
+        if not (i in known if known is not None else 0 <= i < vocab_size):
             raise ValueError(
                 f"token id {i} at position {pos} is not in the vocabulary "
                 f"(valid ids are 0..{vocab_size - 1})"
@@ -799,19 +802,8 @@ class TiktokenTokenizer(Tokenizer):
         return self.encoding.encode_ordinary(_check_text(text))
 
     def decode(self, ids: Sequence[int]) -> str:
-        ids = _check_ids(ids, self.vocab_size, _RangeSet(self.vocab_size))
+        ids = _check_ids(ids, self.vocab_size)
         return self.encoding.decode(ids)
-
-
-class _RangeSet(dict):
-    """``i in _RangeSet(n)`` is ``0 <= i < n`` (for id validation without a dict)."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-
-    def __contains__(self, i: object) -> bool:
-        return isinstance(i, int) and 0 <= i < self.n
 
 
 TOKENIZER_NAMES = ("gpt2", "r50k_base", "cl100k_base", "o200k_base", "char", "char:<corpus>", "bytes", "gpt2-bpe", "<path to a saved tokenizer .json>")

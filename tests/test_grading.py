@@ -133,3 +133,15 @@ def test_register_rejects_bad_and_duplicate_ids():
         grading.register(t)
     with pytest.raises(ValueError):
         grading.register(Task("one", "bad id", _utf8, lambda: []))
+
+
+def test_skip_unfinished_reports_the_stub_instead_of_raising(capsys):
+    with grading.skip_unfinished():
+        _stub("x")
+    out = capsys.readouterr().out
+    assert "not yet" in out and "Exercise 1.1" in out
+
+
+def test_skip_unfinished_lets_other_errors_through():
+    with pytest.raises(ZeroDivisionError), grading.skip_unfinished():
+        1 / 0

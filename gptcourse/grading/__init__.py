@@ -23,6 +23,7 @@ its tasks with :func:`register` when first needed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import inspect
@@ -50,6 +51,7 @@ __all__ = [
     "grade",
     "register",
     "run_check",
+    "skip_unfinished",
     "task_ids",
 ]
 
@@ -350,6 +352,20 @@ def check(task_id: str, obj: Any) -> CheckResult:
             rec = {"task": res.task, "status": res.status, "passed": res.passed, "total": res.total, "report": res.report}
             f.write(json.dumps(rec) + "\n")
     return res
+
+
+@contextlib.contextmanager
+def skip_unfinished():
+    """Run a "put it together" cell only once its exercises are solved.
+
+    ``with skip_unfinished(): ...`` runs the block; if a stub inside still raises
+    ``NotImplementedError``, it prints which exercise to finish instead of a traceback, so an
+    exercise notebook runs top to bottom at any stage.
+    """
+    try:
+        yield
+    except NotImplementedError as err:
+        print(f"not yet: finish the exercises above first ({err})")
 
 
 # --------------------------------------------------------------------------------------
