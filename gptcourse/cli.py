@@ -1,8 +1,16 @@
 """The ``gptcourse`` command.
 
-    gptcourse demo                  train a BPE tokenizer on a real corpus and show it at work
+    gptcourse demo                  prepare `stories`, train a small GPT (~3 min on CPU), sample
+    gptcourse prepare SOURCE --out DIR   clean, deduplicate and tokenize a corpus into shards
+    gptcourse train --preset NAME [--config FILE.toml] [--key value ...]   pretrain a GPT
+    gptcourse sample RUN [--prompt TEXT]  generate from a run's latest checkpoint
+    gptcourse presets               the named training runs
+    gptcourse tokenizer-demo        train a BPE tokenizer on a real corpus and show it at work
     gptcourse grade NOTEBOOK...     execute exercise notebooks and print their score tables
     gptcourse info                  Python, torch, profile, device and data cache
+
+Under torchrun the same ``train`` runs data-parallel:
+    torchrun --standalone --nproc_per_node=4 -m gptcourse train --preset shakespeare-char-gpu
 """
 
 from __future__ import annotations
@@ -19,6 +27,184 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for k, v in profiles.describe().items():
         print(f"{k:>8}: {v}")
     print(f"{'data':>8}: {', '.join(str(d) for d in corpora.cache_dirs())}")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .data import prepare
+
+    kwargs = {"tokenizer": args.tokenizer, "clean": args.clean, "overwrite": args.overwrite}
+    if not args.near_dedup:
+        kwargs["near_dedup"] = False
+    for key in ("val_fraction", "max_documents", "num_proc"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    if args.streaming:
+        kwargs["streaming"] = True
+    prepare(args.source, args.out, **kwargs)
+    return 0
+
+
+def _load_data(spec, distributed: bool):
+    """Train and validation shards of ``spec.data``, preparing them first when missing."""
+    from .data import TokenShards
+
+    folder = Path(spec.data)
+    if not (folder / "meta.json").is_file():
+        recipe = dict(spec.prepare)
+        if not recipe:
+            raise ValueError(f"{folder} holds no prepared shards; run `gptcourse prepare SOURCE "
+                             f"--out {folder}` first")
+        if distributed:
+            raise ValueError(f"{folder} holds no prepared shards; prepare them once before "
+                             f"launching torchrun: gptcourse prepare {recipe.get('source')} "
+                             f"--tokenizer {recipe.get('tokenizer', 'gpt2')} --out {folder}")
+        from .data import prepare
+
+        source = recipe.pop("source")
+        print(f"{folder} is not prepared yet: preparing {source!r} first")
+        prepare(source, folder, **recipe)
+    train = TokenShards(folder, "train")
+    splits = train.meta["splits"]
+    val = TokenShards(folder, "val") if "val" in splits and splits["val"]["tokens"] else None
+    return train, val
+
+
+def _train(spec, resume: bool = False, quiet_setup: bool = False):
+    """Build a :class:`Trainer` for a resolved run, print what it will do, and fit it."""
+    from .train import Distributed, Trainer, find_checkpoint
+
+    ddp = Distributed.from_env()
+    train, val = _load_data(spec, ddp.enabled)
+    try:
+        tokenizer = train.tokenizer()
+    except Exception as err:  # shards written without a tokenizer record
+        print(f"(no tokenizer: {err}; samples are off)")
+        tokenizer = None
+    config = spec.model_config(vocab_size=train.vocab_size)
+    out_dir = Path(spec.train.out_dir)
+    if not resume:
+        try:
+            find_checkpoint(out_dir)
+        except Exception:
+            pass
+        else:
+            raise ValueError(f"{out_dir} already holds checkpoints: pass --resume to continue "
+                             "that run, or choose another --out-dir")
+    trainer = Trainer(config, train, val, spec.train, tokenizer=tokenizer, resume=resume)
+    if ddp.is_main and not quiet_setup:
+        if resume and trainer.step:
+            print(f"resuming {out_dir} from step {trainer.step}")
+        elif resume:
+            print(f"no checkpoint in {out_dir}: starting from scratch")
+        floor = val.entropy_per_token if val is not None else None
+        print(f"model: {trainer.model.num_params():,} parameters ({config.n_layer} layers, "
+              f"{config.n_head} heads, {config.n_embd} wide, context {config.block_size}, "
+              f"vocabulary {config.vocab_size:,})")
+        print(f"data: {len(train):,} training tokens" + (f", {len(val):,} validation" if val else "")
+              + (f"; entropy floor {floor:.4f} nats/token" if floor is not None else ""))
+        print(f"train: {spec.train.max_steps:,} steps x {trainer.tokens_per_step:,} tokens "
+              f"on {trainer.device} ({str(trainer.dtype).removeprefix('torch.')}, "
+              f"{ddp.world_size} process{'es' if ddp.world_size > 1 else ''}) -> {out_dir}")
+    trainer.fit()
+    return trainer
+
+
+def _report(trainer) -> None:
+    """Final validation loss against the entropy floor, and where the plots are."""
+    evals = [r for r in trainer.history if "val_loss" in r]
+    if evals:
+        last = evals[-1]
+        line = f"validation loss {last['val_loss']:.4f} (perplexity {last['val_ppl']:.2f})"
+        if "floor" in last:
+            line += (f"; the entropy floor is {last['floor']:.4f} nats/token, so the model is "
+                     f"{last['val_loss'] - last['floor']:.4f} nats/token above the best possible")
+        print(line)
+    if (trainer.out_dir / "loss.png").exists():
+        print(f"loss plot: {trainer.out_dir / 'loss.png'}")
+    print(f"checkpoint: {trainer.last_checkpoint}")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import presets
+
+    if args.preset is None and args.config is None and "data" not in " ".join(args.overrides):
+        raise ValueError("nothing to train: give --preset NAME (see `gptcourse presets`), "
+                         "--config FILE.toml, or --data DIR")
+    spec = presets.resolve(args.preset, args.config, _split_overrides(args.overrides))
+    trainer = _train(spec, resume=args.resume)
+    if trainer.ddp.is_main:
+        _report(trainer)
+    trainer.close()
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import profiles
+    from .generate import generate
+    from .train import load_model
+
+    device = profiles.device(args.device)
+    model, tokenizer, meta = load_model(args.run, device=device)
+    if tokenizer is None:
+        raise ValueError(f"{args.run} recorded no tokenizer; cannot turn text into ids")
+    eot = getattr(tokenizer, "eot_id", None)
+    ids = tokenizer.encode(args.prompt) if args.prompt else [eot if eot is not None else 0]
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    print(f"# step {meta['step']} of {args.run}")
+    for k in range(args.num_samples):
+        out = generate(model, torch.tensor([ids], device=device), args.max_new_tokens,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                       stop=eot, use_cache=args.use_cache, generator=gen)
+        new = [i for i in out[0, len(ids):].tolist() if i != eot]
+        if k:
+            print("-" * 40)
+        print(args.prompt + tokenizer.decode(new))
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from . import presets
+
+    for name in presets.names():
+        raw = presets.load(name)
+        print(f"{name:<22} {raw.get('description', '')}")
+    print(f"\n(files in {presets.HERE}; copy one and pass it with --config)")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+
+    from . import presets, profiles
+
+    out = Path(args.out)
+    overrides: dict[str, object] = {"data": str(out / "data" / "stories"),
+                                    "out_dir": str(out / "demo")}
+    small = profiles.profile() == "ci"
+    if small:  # seconds, for tests
+        overrides.update(max_steps=30, eval_interval=10, sample_interval=30, warmup_steps=5,
+                         eval_batches=2, n_layer=2)
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+        overrides["sample_interval"] = 0
+    if args.device:
+        overrides["device"] = args.device
+    spec = presets.resolve("stories-cpu", overrides=overrides)
+    if small:
+        spec.prepare["max_documents"] = 2000
+    shutil.rmtree(spec.train.out_dir, ignore_errors=True)  # the demo always starts afresh
+    print("gptcourse demo: a small GPT learns the generated `stories` corpus, whose entropy is "
+          "known exactly\n")
+    trainer = _train(spec)
+    print("\nthree samples from the trained model:")
+    for k in range(3):
+        print(f"--- sample {k + 1} ---")
+        print(trainer.sample(seed=k))
+    print()
+    _report(trainer)
     return 0
 
 
@@ -42,7 +228,7 @@ def _show_tokens(tok, text: str) -> str:
     return "|".join(pieces)
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _cmd_tokenizer_demo(args: argparse.Namespace) -> int:
     from . import corpora, profiles
     from .tokenizer import BPETokenizer, get_tokenizer
 
@@ -106,11 +292,60 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="train a BPE tokenizer and show encode/decode and compression")
+    p = sub.add_parser("demo", help="prepare stories, train a small GPT on CPU, print samples")
+    p.add_argument("--out", default="runs", help="folder for data and runs (default: runs)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="default: the stories-cpu preset's (30 in the ci profile)")
+    p.add_argument("--device", default=None, help="default: best available")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("prepare", help="clean, deduplicate and tokenize a corpus into shards")
+    p.add_argument("source", help="a corpus name (stories, tinyshakespeare, ...), a .txt/.jsonl/"
+                   ".parquet file or folder, or hf:owner/name[:config]")
+    p.add_argument("--out", required=True, help="folder for the shards and meta.json")
+    p.add_argument("--tokenizer", default="gpt2",
+                   help="gpt2, char, bpe:N (train one of N tokens), or a tokenizer .json")
+    p.add_argument("--no-clean", dest="clean", action="store_false",
+                   help="skip normalisation, filters and deduplication")
+    p.add_argument("--no-near-dedup", dest="near_dedup", action="store_false",
+                   help="skip MinHash near-duplicate removal")
+    p.add_argument("--val-fraction", type=float, default=None, help="share of documents held out")
+    p.add_argument("--max-documents", type=int, default=None, help="use only the first N")
+    p.add_argument("--num-proc", type=int, default=None, help="tokenizer processes")
+    p.add_argument("--streaming", action="store_true", help="stream a hub dataset")
+    p.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("train", help="pretrain a GPT (any TrainConfig/GPTConfig field as --key value)",
+                       description="Settings come from --preset, then --config, then --key value "
+                       "overrides such as --max-steps 200 --n-layer 6 --lr 3e-4 --data DIR.")
+    p.add_argument("--preset", default=None, help="a named run (gptcourse presets)")
+    p.add_argument("--config", default=None, help="a TOML file like gptcourse/presets/*.toml")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in out_dir")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="generate text from a trained run or checkpoint")
+    p.add_argument("run", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-cache", dest="use_cache", action="store_false", help="disable the KV cache")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("presets", help="list the named training runs")
+    p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("tokenizer-demo", help="train a BPE tokenizer; show encode/decode and compression")
     p.add_argument("--corpus", default="tinyshakespeare", help="corpus name (gptcourse.corpora)")
     p.add_argument("--vocab-size", type=int, default=None, help="default: 512 (ci profile), 4096")
     p.add_argument("--out", default="runs", help="folder for the trained tokenizer")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_tokenizer_demo)
 
     p = sub.add_parser("grade", help="execute exercise notebooks and print their scores")
     p.add_argument("notebooks", nargs="+", help="exercise notebook(s)")
@@ -122,14 +357,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_overrides(extra: list[str]) -> dict[str, object]:
+    """``["--max-steps", "10", "--compile"]`` -> ``{"max_steps": 10, "compile": True}``."""
+    from .presets import parse_value
+
+    out: dict[str, object] = {}
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ValueError(f"unexpected argument {arg!r}; settings are given as --key value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+                value = extra[i + 1]
+                i += 1
+            else:
+                value = "true"
+        out[key.replace("-", "_")] = parse_value(value)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError) as err:
         print(f"gptcourse {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -6,9 +6,9 @@ from gptcourse.cli import main
 from gptcourse.tokenizer import BPETokenizer
 
 
-def test_demo_trains_shows_and_saves_a_tokenizer(tmp_path, capsys, monkeypatch):
+def test_tokenizer_demo_trains_shows_and_saves_a_tokenizer(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("GPTCOURSE_PROFILE", "ci")
-    assert main(["demo", "--out", str(tmp_path), "--vocab-size", "300"]) == 0
+    assert main(["tokenizer-demo", "--out", str(tmp_path), "--vocab-size", "300"]) == 0
     out = capsys.readouterr().out
     assert "trained a byte-level BPE with 300 tokens" in out
     assert "decode(encode(text)) == text: True" in out
@@ -25,6 +25,6 @@ def test_info_lists_profile_device_and_cache(capsys, monkeypatch):
 
 
 def test_unknown_corpus_is_a_clear_error_not_a_traceback(tmp_path, capsys):
-    assert main(["demo", "--corpus", "nope", "--out", str(tmp_path)]) == 2
+    assert main(["tokenizer-demo", "--corpus", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unknown corpus 'nope'" in err and "tinyshakespeare" in err

@@ -1,0 +1,326 @@
+"""gptcourse.train: schedule, optimizer groups, accumulation, evaluation, checkpoints, exact
+resume in a new process, NaN guard, and DDP (gloo, 2 real processes) against one process.
+
+Models are tiny (2 layers, 32 wide) on The Verdict at character level, so each test runs in
+about a second on a CPU. Tolerances are stated where results are not bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gptcourse import corpora
+from gptcourse.data import ShardWriter, TokenShards
+from gptcourse.model import GPT, GPTConfig
+from gptcourse.tokenizer import get_tokenizer
+from gptcourse.train import (
+    CheckpointError,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    amp_dtype,
+    find_checkpoint,
+    load_model,
+    lr_at,
+    optimizer_groups,
+    read_metrics,
+)
+
+TINY = dict(block_size=32, n_layer=2, n_head=2, n_embd=32)
+
+
+@pytest.fixture(scope="module")
+def verdict_shards(tmp_path_factory) -> Path:
+    """The Verdict, characters: 90% train, 10% val, written as shards of 4,096 tokens."""
+    folder = tmp_path_factory.mktemp("verdict")
+    tok = get_tokenizer("char:the-verdict")
+    ids = np.array(tok.encode(corpora.load_text("the-verdict")))
+    cut = int(len(ids) * 0.9)
+    w = ShardWriter(folder, vocab_size=tok.vocab_size, shard_tokens=4096)
+    w.add("train", ids[:cut])
+    w.add("val", ids[cut:])
+    w.finish(tokenizer={"name": "char:the-verdict", "vocab_size": tok.vocab_size, "eot_id": None})
+    return folder
+
+
+def _trainer(shards: Path, out: Path, **kw) -> Trainer:
+    train, val = TokenShards(shards, "train"), TokenShards(shards, "val")
+    defaults = dict(out_dir=str(out), max_steps=20, batch_size=4, lr=3e-3, warmup_steps=2,
+                    eval_interval=10, eval_batches=4, log_interval=1, progress=False, plots=False)
+    defaults.update(kw)
+    cfg = GPTConfig(vocab_size=train.vocab_size, **TINY)
+    return Trainer(cfg, train, val, TrainConfig(**defaults), tokenizer=train.tokenizer())
+
+
+# ------------------------------------------------------------------ schedule and optimizer
+
+
+def test_warmup_is_linear_from_lr_over_warmup():
+    assert lr_at(0, 1.0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_at(4, 1.0, 10, 100, 0.1) == pytest.approx(0.5)
+    assert lr_at(9, 1.0, 10, 100, 0.1) == pytest.approx(1.0)
+
+
+def test_cosine_decays_to_min_lr_through_the_midpoint():
+    assert lr_at(10, 1.0, 10, 110, 0.1) == pytest.approx(1.0)
+    assert lr_at(60, 1.0, 10, 110, 0.1) == pytest.approx(0.55)  # half way: (lr + min_lr) / 2
+    assert lr_at(110, 1.0, 10, 110, 0.1) == pytest.approx(0.1)
+    assert lr_at(500, 1.0, 10, 110, 0.1) == pytest.approx(0.1)
+    lrs = [lr_at(s, 1.0, 10, 110, 0.1) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_linear_and_constant_schedules():
+    assert lr_at(60, 1.0, 10, 110, 0.0, "linear") == pytest.approx(0.5)
+    assert lr_at(60, 1.0, 10, 110, 0.0, "constant") == pytest.approx(1.0)
+
+
+def test_weight_decay_only_on_matrices_and_each_parameter_once():
+    model = GPT(GPTConfig(vocab_size=50, **TINY))
+    decay, no_decay = optimizer_groups(model, 0.1)
+    assert all(p.dim() >= 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    assert all(p.dim() < 2 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+    ids = [id(p) for g in (decay, no_decay) for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))  # tied wte/lm_head once
+
+
+def test_precision_choice_on_cpu():
+    assert amp_dtype("cpu") == torch.float32
+    assert amp_dtype("cpu", "bfloat16") == torch.bfloat16
+    with pytest.raises(ValueError, match="float16 autocast is not supported"):
+        amp_dtype("cpu", "float16")
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="grad_accum must be positive"):
+        TrainConfig(grad_accum=0)
+    with pytest.raises(ValueError, match="unknown training settings \\['lr_max'\\]"):
+        TrainConfig.from_dict({"lr_max": 1.0})
+    with pytest.raises(ValueError, match="min_lr must be in"):
+        TrainConfig(lr=1e-3, min_lr=1e-2)
+
+
+# ------------------------------------------------------------------ steps and evaluation
+
+
+def test_accumulation_splits_one_global_batch(verdict_shards, tmp_path):
+    a = _trainer(verdict_shards, tmp_path / "a", batch_size=8, grad_accum=1)
+    b = _trainer(verdict_shards, tmp_path / "b", batch_size=2, grad_accum=4)
+    xa = torch.cat([x for x, _ in a.micro_batches(3)])
+    xb = torch.cat([x for x, _ in b.micro_batches(3)])
+    assert torch.equal(xa, xb)
+
+
+def test_accumulated_step_equals_one_big_batch(verdict_shards, tmp_path):
+    # tolerance: float32 sums in a different order, ~1e-7 relative
+    a = _trainer(verdict_shards, tmp_path / "a", batch_size=8, grad_accum=1)
+    b = _trainer(verdict_shards, tmp_path / "b", batch_size=2, grad_accum=4)
+    la, lb = a.train_step()["loss"], b.train_step()["loss"]
+    assert la == pytest.approx(lb, rel=1e-5)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_falls_well_below_uniform(verdict_shards, tmp_path):
+    t = _trainer(verdict_shards, tmp_path, max_steps=60, batch_size=8)
+    history = t.fit()
+    losses = [r["loss"] for r in history if "loss" in r]
+    assert losses[0] > math.log(t.model_config.vocab_size) - 0.3
+    assert losses[-1] < 3.25  # uniform is ln(61) = 4.11; character frequencies alone give ~3.1
+
+
+def test_evaluate_is_the_token_mean_over_sequential_windows(verdict_shards, tmp_path):
+    t = _trainer(verdict_shards, tmp_path)
+    val = TokenShards(verdict_shards, "val")
+    got = t.evaluate(max_batches=3)
+    losses, n = [], 0
+    t.model.eval()
+    with torch.no_grad():
+        for x, y in val.sequential(32, 4, max_batches=3):
+            losses.append(t.model(x, y)[1].item() * y.numel())
+            n += y.numel()
+    assert got["tokens"] == n == 3 * 4 * 32
+    assert got["loss"] == pytest.approx(sum(losses) / n, rel=1e-6)
+    assert got["perplexity"] == pytest.approx(math.exp(got["loss"]), rel=1e-9)
+
+
+def test_metrics_log_and_plots(verdict_shards, tmp_path):
+    t = _trainer(verdict_shards, tmp_path, max_steps=10, plots=True, sample_interval=10,
+                 sample_tokens=20)
+    t.fit()
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 11))
+    assert [r["step"] for r in records if "val_loss" in r] == [0, 10]
+    assert any("sample" in r for r in records)
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    assert (tmp_path / "lr.png").stat().st_size > 1000
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def test_checkpoint_round_trip_restores_everything(verdict_shards, tmp_path):
+    t = _trainer(verdict_shards, tmp_path, max_steps=6, eval_interval=3)
+    t.fit()
+    u = _trainer(verdict_shards, tmp_path, max_steps=6, eval_interval=3)
+    folder = u.load_checkpoint(tmp_path)
+    assert folder.name == "step_000006" and u.step == 6 and u.tokens_seen == t.tokens_seen
+    for a, b in zip(t.model.state_dict().values(), u.model.state_dict().values()):
+        assert torch.equal(a, b)
+    sa, sb = t.optimizer.state_dict()["state"], u.optimizer.state_dict()["state"]
+    for k in sa:
+        assert torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == [
+        "step_000003", "step_000006"]
+
+
+def test_old_checkpoints_are_pruned(verdict_shards, tmp_path):
+    _trainer(verdict_shards, tmp_path, max_steps=8, eval_interval=2, keep_checkpoints=2).fit()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == [
+        "step_000006", "step_000008"]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(verdict_shards, tmp_path):
+    _trainer(verdict_shards, tmp_path, max_steps=2, eval_interval=2).fit()
+    weights = find_checkpoint(tmp_path) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        _trainer(verdict_shards, tmp_path).load_checkpoint(tmp_path)
+
+
+def test_truncated_checkpoint_is_a_clear_error(verdict_shards, tmp_path):
+    _trainer(verdict_shards, tmp_path, max_steps=2, eval_interval=2).fit()
+    state = find_checkpoint(tmp_path) / "trainer.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(tmp_path)
+
+
+def test_checkpoint_of_another_model_is_refused(verdict_shards, tmp_path):
+    _trainer(verdict_shards, tmp_path, max_steps=2, eval_interval=2).fit()
+    train = TokenShards(verdict_shards, "train")
+    other = GPTConfig(vocab_size=train.vocab_size, **{**TINY, "n_layer": 3})
+    with pytest.raises(CheckpointError, match="n_layer: checkpoint 2 vs requested 3"):
+        Trainer(other, train, None, TrainConfig(out_dir=str(tmp_path), progress=False),
+                resume="require")
+
+
+def test_failed_save_keeps_the_last_good_checkpoint(verdict_shards, tmp_path, monkeypatch):
+    t = _trainer(verdict_shards, tmp_path, max_steps=2, eval_interval=2)
+    t.fit()
+    good = find_checkpoint(tmp_path)
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    t.train_step()
+    with pytest.raises(OSError, match="disk full"):
+        t.save_checkpoint()
+    assert find_checkpoint(tmp_path) == good
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")] == []
+    load_model(tmp_path)  # still loads
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(verdict_shards, tmp_path):
+    t = _trainer(verdict_shards, tmp_path, max_steps=10, eval_interval=2)
+    original = t.model.forward
+    calls = {"n": 0}
+
+    def poisoned(idx, targets=None, cache=None):
+        logits, loss = original(idx, targets, cache)
+        calls["n"] += t.model.training  # evaluation forwards do not count
+        if calls["n"] > 3 and t.model.training:  # the 4th training forward: step 3
+            loss = loss * float("nan")
+        return logits, loss
+
+    t.model.forward = poisoned
+    with pytest.raises(TrainingDiverged, match="became nan at step 3") as err:
+        t.fit()
+    assert "step_000002" in str(err.value)
+    assert find_checkpoint(tmp_path).name == "step_000002"
+    assert t.step == 3  # the poisoned step never reached the optimizer
+
+
+# ------------------------------------------------------------------ new processes
+
+
+def _gptcourse(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GPTCOURSE_PROFILE": "ci", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    proc = subprocess.run([sys.executable, "-m", "gptcourse", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--out-dir", str(out), "--block-size", "32",
+            "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--batch-size", "4",
+            "--lr", "3e-3", "--warmup-steps", "3", "--decay-steps", "20", "--log-interval", "1",
+            "--eval-interval", "5", "--eval-batches", "2", "--progress", "false",
+            "--plots", "false", "--dropout", "0.1", *extra]
+
+
+def _losses(run: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(run) if "loss" in r]
+
+
+def test_resume_in_a_new_process_is_bit_identical(verdict_shards, tmp_path):
+    """10 steps, save, resume in a new process, 10 more == 20 uninterrupted (dropout on)."""
+    _gptcourse(*_train_args(verdict_shards, tmp_path / "whole", "--max-steps", "20"), cwd=tmp_path)
+    _gptcourse(*_train_args(verdict_shards, tmp_path / "split", "--max-steps", "10"), cwd=tmp_path)
+    _gptcourse(*_train_args(verdict_shards, tmp_path / "split", "--max-steps", "20", "--resume"),
+               cwd=tmp_path)
+    whole, split = _losses(tmp_path / "whole"), _losses(tmp_path / "split")
+    assert len(whole) == len(split) == 20
+    assert whole == split  # bit-identical floats
+
+
+def test_ddp_two_processes_equal_one_process(verdict_shards, tmp_path):
+    """torchrun, gloo, 2 ranks x grad_accum 1 == 1 process x grad_accum 2, within 1e-5."""
+    common = ["--max-steps", "5", "--dropout", "0.0", "--eval-interval", "5"]
+    _gptcourse(*_train_args(verdict_shards, tmp_path / "one", *common, "--grad-accum", "2"),
+               cwd=tmp_path)
+    env = {**os.environ, "GPTCOURSE_PROFILE": "ci", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "gptcourse", *_train_args(verdict_shards, tmp_path / "two", *common,
+                                           "--grad-accum", "1")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(one) == len(two) == 5
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-5)
+    val_one = [r["val_loss"] for r in read_metrics(tmp_path / "one") if "val_loss" in r]
+    val_two = [r["val_loss"] for r in read_metrics(tmp_path / "two") if "val_loss" in r]
+    np.testing.assert_allclose(val_two, val_one, rtol=0, atol=1e-5)
+    meta = json.loads((find_checkpoint(tmp_path / "two") / "checkpoint.json").read_text())
+    assert meta["world_size"] == 2 and meta["global_batch"] == 8
+
+
+def test_sample_command_reads_the_checkpoint(verdict_shards, tmp_path):
+    _gptcourse(*_train_args(verdict_shards, tmp_path / "run", "--max-steps", "5"), cwd=tmp_path)
+    proc = _gptcourse("sample", str(tmp_path / "run"), "--prompt", "I had", "--max-new-tokens",
+                      "30", "--num-samples", "2", "--seed", "1", cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("# step 5 of")
+    assert sum(line.startswith("I had") for line in lines) == 2
+
+
+def test_training_into_a_used_folder_needs_resume(verdict_shards, tmp_path):
+    from gptcourse.cli import main
+
+    _gptcourse(*_train_args(verdict_shards, tmp_path / "run", "--max-steps", "2"), cwd=tmp_path)
+    assert main(_train_args(verdict_shards, tmp_path / "run", "--max-steps", "4")) == 2
+    shutil.rmtree(tmp_path / "run")
