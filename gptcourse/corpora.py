@@ -5,6 +5,9 @@ directories first -- ``GPTCOURSE_DATA_DIR`` (several folders may be given, separ
 ``os.pathsep``; read-only folders are fine) or else ``~/.cache/gptcourse`` -- and otherwise
 downloads the file from its public URL into the first writable cache directory.
 
+``stories`` is different: it is generated in memory by :mod:`gptcourse.stories` (no file, no
+download), so ``load_text("stories")`` works but ``path("stories")`` raises ``CorpusError``.
+
 Downloads are atomic: the bytes go to a temporary file in the target folder, the sha256 is
 checked, and only then is the file renamed into place. An interrupted or corrupted download
 therefore never leaves a file that later calls would trust.
@@ -26,7 +29,9 @@ __all__ = [
     "Corpus",
     "CorpusError",
     "REGISTRY",
+    "GENERATED",
     "cache_dirs",
+    "description",
     "load_text",
     "names",
     "path",
@@ -117,9 +122,30 @@ for _c in [
     register(_c)
 
 
+# Corpora made by code in this package rather than downloaded: name -> description.
+GENERATED: dict[str, str] = {
+    "stories": "Tiny children's stories from a seeded grammar (gptcourse.stories), exact entropy known",
+}
+
+
 def names() -> list[str]:
-    """Names of all registered corpora."""
-    return sorted(REGISTRY)
+    """Names of all corpora: the registered files and the generated ones."""
+    return sorted(set(REGISTRY) | set(GENERATED))
+
+
+def description(name: str) -> str:
+    """One line about the corpus ``name``."""
+    if name in GENERATED:
+        return GENERATED[name]
+    return _lookup(name).description
+
+
+def _generated_error(name: str) -> CorpusError:
+    return CorpusError(
+        f"the corpus {name!r} is generated in memory, not stored in a file: use "
+        f"corpora.load_text({name!r}) or the module gptcourse.{name} (e.g. "
+        f"gptcourse.{name}.text(n, seed)) instead of corpora.path({name!r})"
+    )
 
 
 def cache_dirs() -> list[Path]:
@@ -171,6 +197,8 @@ def _writable(folder: Path) -> bool:
 
 def path(name: str, *, download: bool = True) -> Path:
     """Local path of the corpus file ``name``, downloading and verifying it if needed."""
+    if isinstance(name, str) and name in GENERATED and name not in REGISTRY:
+        raise _generated_error(name)
     corpus = _lookup(name)
     dirs = cache_dirs()
     stale: list[Path] = []
@@ -269,5 +297,12 @@ def _download(corpus: Corpus, target: Path, stale: list[Path]) -> Path:
 
 
 def load_text(name: str, encoding: str = "utf-8") -> str:
-    """The corpus ``name`` as a string (downloaded and verified on first use)."""
+    """The corpus ``name`` as a string (downloaded and verified on first use).
+
+    ``"stories"`` is generated: ``gptcourse.stories.text()`` (default size, seed 0).
+    """
+    if name == "stories" and name not in REGISTRY:
+        from . import stories
+
+        return stories.text()
     return path(name).read_bytes().decode(encoding)  # exact text: no newline translation
