@@ -16,6 +16,7 @@ Under torchrun the same ``train`` runs data-parallel:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,7 @@ def _load_data(spec, distributed: bool):
 
 def _train(spec, resume: bool = False, quiet_setup: bool = False):
     """Build a :class:`Trainer` for a resolved run, print what it will do, and fit it."""
-    from .train import Distributed, Trainer, find_checkpoint
+    from .train import CheckpointError, Distributed, Trainer, find_checkpoint
 
     ddp = Distributed.from_env()
     train, val = _load_data(spec, ddp.enabled)
@@ -84,11 +85,8 @@ def _train(spec, resume: bool = False, quiet_setup: bool = False):
     config = spec.model_config(vocab_size=train.vocab_size)
     out_dir = Path(spec.train.out_dir)
     if not resume:
-        try:
+        with contextlib.suppress(CheckpointError):
             find_checkpoint(out_dir)
-        except Exception:
-            pass
-        else:
             raise ValueError(f"{out_dir} already holds checkpoints: pass --resume to continue "
                              "that run, or choose another --out-dir")
     trainer = Trainer(config, train, val, spec.train, tokenizer=tokenizer, resume=resume)
@@ -128,9 +126,6 @@ def _report(trainer) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import presets
 
-    if args.preset is None and args.config is None and "data" not in " ".join(args.overrides):
-        raise ValueError("nothing to train: give --preset NAME (see `gptcourse presets`), "
-                         "--config FILE.toml, or --data DIR")
     spec = presets.resolve(args.preset, args.config, _split_overrides(args.overrides))
     trainer = _train(spec, resume=args.resume)
     if trainer.ddp.is_main:

@@ -46,7 +46,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .corpora import sha256_file
 from .data import TokenShards
+from .data.shards import write_atomic
 from .model import GPT, GPTConfig
 
 __all__ = [
@@ -272,12 +274,6 @@ def _resolve_device(name: str, ddp: Distributed) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    from .corpora import sha256_file
-
-    return sha256_file(path)
-
-
 def find_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint folder meant by ``path``: a run folder (its latest checkpoint), its
     ``checkpoints`` folder, or a ``step_NNNNNN`` folder itself."""
@@ -309,7 +305,7 @@ def _read_checkpoint_meta(folder: Path) -> dict[str, Any]:
         file = folder / name
         if not file.is_file():
             raise CheckpointError(f"{file} is missing; the checkpoint is incomplete")
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             raise CheckpointError(f"{file} does not match its sha256 in checkpoint.json: it is "
                                   "truncated or corrupt; resume from an earlier checkpoint")
     return meta
@@ -352,6 +348,12 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------
 # The trainer
 # --------------------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class Trainer:
@@ -620,7 +622,7 @@ class Trainer:
                 "global_batch": self.global_batch,
                 "tokenizer": record,
                 "data": str(self.train_data.path) if self.train_data.path else None,
-                "files": {f: _sha256(tmp / f) for f in files},
+                "files": {f: sha256_file(tmp / f) for f in files},
                 **(extra or {}),
             }
             (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=2) + "\n",
@@ -628,14 +630,12 @@ class Trainer:
             final = root / name
             if final.exists():  # the same step saved again (e.g. after a resume): replace it
                 shutil.rmtree(final)
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes a private folder
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        fd, latest_tmp = tempfile.mkstemp(prefix=".latest.", dir=root)
-        with os.fdopen(fd, "w") as f:
-            f.write(name + "\n")
-        os.replace(latest_tmp, root / "latest")
+        write_atomic(root / "latest", name + "\n")
         self.last_checkpoint = final
         kept = sorted(p for p in root.glob("step_[0-9]*") if p.is_dir())
         for old in kept[: -self.config.keep_checkpoints]:
@@ -705,11 +705,7 @@ class Trainer:
     def plot(self) -> list[Path]:
         """Save ``loss.png`` (train and validation, with the entropy floor when known) and
         ``lr.png`` in the run folder; returns their paths."""
-        import matplotlib
-
-        if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no backend, no global figure state
 
         from .plots import lines, loss_curve
 
@@ -718,7 +714,8 @@ class Trainer:
         evals = [r for r in records if "val_loss" in r]
         if not train:
             return []
-        fig, ax = plt.subplots(figsize=(6, 3.8))
+        fig = Figure(figsize=(6, 3.8))
+        ax = fig.subplots()
         loss_curve([r["step"] for r in train], [r["loss"] for r in train], ax=ax,
                    val_steps=[r["step"] for r in evals], val_losses=[r["val_loss"] for r in evals],
                    title=f"{self.out_dir.name}: loss", smooth=5 if len(train) >= 20 else 0)
@@ -729,14 +726,13 @@ class Trainer:
         fig.tight_layout()
         loss_png = self.out_dir / "loss.png"
         fig.savefig(loss_png, dpi=110)
-        plt.close(fig)
-        fig, ax = plt.subplots(figsize=(6, 3))
+        fig = Figure(figsize=(6, 3))
+        ax = fig.subplots()
         lines([r["step"] for r in train], {"learning rate": [r["lr"] for r in train]}, ax=ax,
               xlabel="step", ylabel="lr", title="learning-rate schedule", marker=None)
         fig.tight_layout()
         lr_png = self.out_dir / "lr.png"
         fig.savefig(lr_png, dpi=110)
-        plt.close(fig)
         return [loss_png, lr_png]
 
     # ------------------------------------------------------------------ the loop
@@ -759,8 +755,9 @@ class Trainer:
         ckpt_every = c.checkpoint_interval or c.eval_interval
         if self.step == 0 and self.val_data is not None:
             self._log(self._eval_record())
+        show = c.progress and self.ddp.is_main
         bar = tqdm(total=end, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not (c.progress and self.ddp.is_main), leave=True)
+                   disable=not show, leave=True)
         t_last, tokens_last = time.perf_counter(), self.tokens_seen
         try:
             while self.step < end:
@@ -785,12 +782,14 @@ class Trainer:
                     self._log(record)
                     gap = (f", {record['val_loss'] - record['floor']:+.3f} above the floor"
                            if "floor" in record else "")
-                    bar.write(f"step {self.step}: val loss {record['val_loss']:.4f}{gap}")
+                    if show:
+                        bar.write(f"step {self.step}: val loss {record['val_loss']:.4f}{gap}")
                 if (c.sample_interval and self.tokenizer is not None and self.ddp.is_main
                         and self.step % c.sample_interval == 0):
                     text = self.sample()
                     self._log({"step": self.step, "sample": text})
-                    bar.write(f"--- sample at step {self.step} ---\n{text}\n---")
+                    if show:
+                        bar.write(f"--- sample at step {self.step} ---\n{text}\n---")
                 if self.step % ckpt_every == 0 or self.step == end:
                     self.save_checkpoint()
                 # evaluation and checkpoints do not count against tokens/s

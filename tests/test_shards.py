@@ -1,6 +1,7 @@
 """gptcourse.data.shards: the on-disk token format, random and sequential windows. Exact integers."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -141,3 +142,13 @@ def test_extra_metadata_and_split_stats(tmp_path):
     assert TokenShards(tmp_path, "train").nats is None
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["tokenizer"]["name"] == "char:the-verdict"
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _write(tmp_path, {"train": np.arange(10)})
+    finally:
+        os.umask(old)
+    for f in tmp_path.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o644, f

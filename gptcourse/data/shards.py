@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "ShardError", "ShardWriter", "TokenShards", "dtype_for"]
+__all__ = ["FORMAT", "ShardError", "ShardWriter", "TokenShards", "dtype_for", "write_atomic"]
 
 FORMAT = "gptcourse.shards/1"
 META = "meta.json"
@@ -51,15 +51,26 @@ def dtype_for(vocab_size: int) -> np.dtype:
     raise ValueError(f"vocab_size {vocab_size:,} does not fit in uint32")
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def _publish(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Rename a finished temporary file into place, readable like a normally created file
+    (``mkstemp`` makes files private to their owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, final)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename, so
+    readers see the old content or the new, never a half-written file."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -86,7 +97,7 @@ class _OpenShard:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        os.replace(self.tmp, self.final)
+        _publish(self.tmp, self.final)
         return {"file": self.final.name, "tokens": self.tokens, "sha256": self.sha.hexdigest()}
 
     def abort(self) -> None:
@@ -174,7 +185,7 @@ class ShardWriter:
             if key in meta:
                 raise ValueError(f"metadata key {key!r} is reserved")
             meta[key] = value
-        _write_json_atomic(self.out_dir / META, meta)
+        write_atomic(self.out_dir / META, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         return meta
 
     def abort(self) -> None:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "exact_int",
     "Case",
     "CheckResult",
     "GradeReport",
@@ -176,6 +177,20 @@ def same(expected: Any, got: Any) -> str | None:
     if type(e) is not type(g) and not (isinstance(e, (int, float)) and isinstance(g, (int, float))):
         return f"expected a {type(expected).__name__}, got a {type(got).__name__}"
     return None if e == g else "not equal"
+
+
+def exact_int(expected: int, got: Any) -> str | None:
+    """Compare for counts: ``got`` must be an int (a one-element integer tensor is accepted)
+    equal to ``expected``; the message says by how much it is off."""
+    import torch
+
+    if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point():
+        got = int(got)
+    if isinstance(got, bool) or not isinstance(got, int):
+        return f"expected an int, got {type(got).__name__} {got!r}"
+    if got != expected:
+        return f"off by {got - expected:+,}"
+    return None
 
 
 def close(atol: float, rtol: float = 1e-5) -> Callable[[Any, Any], str | None]:

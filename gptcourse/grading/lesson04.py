@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import GPT, MLP, Block, GPTConfig
-from . import Case, Task, close, register
+from . import Case, Task, close, exact_int, register
 
 
 def _config(n_embd: int, n_head: int = 1, **kw) -> GPTConfig:
@@ -70,16 +70,6 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 _close = close
-
-
-def _exact_int(expected, got):
-    if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point():
-        got = int(got)
-    if isinstance(got, bool) or not isinstance(got, int):
-        return f"expected an int, got {type(got).__name__} {got!r}"
-    if got != expected:
-        return f"off by {got - expected:+,}"
-    return None
 
 
 def _scalar(expected, got):
@@ -215,10 +205,10 @@ for _task in [
     Task("4.4", "a Transformer block from its weights", _block_forward, _cases_block, compare=_close(1e-5),
          hint="pre-LN: x = x + attn(ln_1(x)); then x = x + mlp(ln_2(x)); eps 1e-5; causal multi-head "
               "attention as in exercise 3.7"),
-    Task("4.5", "parameter count of a config", _count_params, _cases_count, compare=_exact_int,
+    Task("4.5", "parameter count of a config", _count_params, _cases_count, compare=exact_int,
          hint="wte V·C, wpe T·C (learned positions only), per layer attention 3C²+3C + C²+C, MLP 4C²+4C + 4C²+C, "
               "two LayerNorms 2·2C, final LayerNorm 2C, head V·C unless tied; no biases: drop every bias term"),
-    Task("4.6", "training FLOPs per token", _flops_per_token, _cases_flops, compare=_exact_int,
+    Task("4.6", "training FLOPs per token", _flops_per_token, _cases_flops, compare=exact_int,
          hint="6·N + 12·n_layer·n_head·head_dim·seq_len with N = parameters minus wpe, and minus wte "
               "when the head is not tied (the head itself always counts)"),
     Task("4.7", "cross-entropy loss", _cross_entropy, _cases_cross_entropy, compare=_scalar,

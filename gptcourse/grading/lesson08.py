@@ -11,7 +11,7 @@ import torch
 
 from .. import scaling
 from ..model import GPT, GPTConfig
-from . import Case, Task, register
+from . import Case, Task, exact_int, register
 
 NAN, INF = float("nan"), float("inf")
 
@@ -82,16 +82,6 @@ def _floats(rel: float):
         return one(expected, got)
 
     return compare
-
-
-def _exact_int(expected, got):
-    if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point():
-        got = int(got)
-    if isinstance(got, bool) or not isinstance(got, int):
-        return f"expected an int, got {type(got).__name__} {got!r}"
-    if got != expected:
-        return f"off by {got - expected:+,}"
-    return None
 
 
 def _lr_or_none(expected, got):
@@ -243,7 +233,7 @@ def _cases_frontier():
 for _task in [
     Task("8.1", "training FLOPs ≈ 6·N·D", _training_flops, _cases_flops, compare=_floats(1e-9),
          hint="6 * n_params * n_tokens: 2 FLOPs per weight per token forward, 4 backward"),
-    Task("8.2", "non-embedding parameter count", _non_embedding_params, _cases_params, compare=_exact_int,
+    Task("8.2", "non-embedding parameter count", _non_embedding_params, _cases_params, compare=exact_int,
          hint="per layer: two LayerNorms (2C each, C without bias), attention 3C²+3C + C²+C, MLP 4C²+4C + 4C²+C "
               "(drop the bias terms when bias=False); final LayerNorm; plus the head V·C (tied or not); "
               "never the position table"),

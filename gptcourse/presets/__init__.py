@@ -126,7 +126,8 @@ def resolve(preset: str | None = None, config: str | Path | None = None,
     if bad:
         raise ValueError(f"unknown [model] settings {bad}; known: {sorted(_MODEL_FIELDS)}")
     if "data" not in top:
-        raise ValueError("no data folder: give --data DIR, or a preset/config that names one")
+        raise ValueError("no data folder: give --preset NAME (see `gptcourse presets`), "
+                         "--config FILE.toml, or --data DIR")
     return RunSpec(data=str(top["data"]), model=tables["model"],
                    train=TrainConfig.from_dict(tables["train"]), prepare=tables["prepare"],
                    description=top.get("description", ""),
