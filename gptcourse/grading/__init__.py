@@ -436,6 +436,13 @@ def _kernel_manager():
     from jupyter_client.manager import KernelManager
 
     km = KernelManager(kernel_name="python3")
+    if os.name != "nt":
+        # Unix sockets in a private folder: TCP ports are picked before they are bound, so
+        # kernels started at the same moment (pytest-xdist workers, nbval) can collide
+        import tempfile
+
+        km.transport = "ipc"
+        km.ip = os.path.join(tempfile.mkdtemp(prefix="gptcourse-kernel-"), "kernel")
     km.kernel_spec.argv[0] = sys.executable
     km.kernel_spec.argv.append("--IPKernelApp.log_level=ERROR")  # no transport warnings
     return km
@@ -460,6 +467,10 @@ def execute_notebook(nb, cwd: str | os.PathLike, timeout: int = 900, allow_error
     finally:
         if km.has_kernel:
             km.shutdown_kernel(now=True)
+        if km.transport == "ipc":
+            import shutil
+
+            shutil.rmtree(os.path.dirname(km.ip), ignore_errors=True)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
