@@ -1,12 +1,13 @@
 # gptcourse -- the two commands of the quick start are `make demo` and `make test`.
 # Both create (or reuse) .venv and install what they need the first time.
 #
-#   make demo       train a BPE tokenizer on Tiny Shakespeare and show what it does
+#   make demo       prepare the `stories` corpus, train a small GPT on the CPU (~3 min), sample,
+#                   and print how far its loss is above the corpus's entropy floor
 #   make test       the whole test suite: library tests + every lesson and solution notebook
 #   make lab        JupyterLab on notebooks/
 #   make test-gpu   the notebook suite at full size (GPTCOURSE_PROFILE=gpu)
 #   make outputs    re-run lessons and solutions (cpu profile) and save their outputs
-#   make bench      the benchmarks in bench/
+#   make bench      every benchmark in bench/ (~10 min on 2 cores; results in bench/README.md)
 #
 # TORCH is what pip installs for PyTorch before the package; e.g.
 #   make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
@@ -53,6 +54,10 @@ outputs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_tokenizer.py
+	$(PY) bench/bench_model.py
+	$(PY) bench/bench_prepare.py
+	$(PY) bench/bench_train.py overhead --steps 200 --rounds 5
+	$(PY) bench/bench_train.py shakespeare-char --quiet
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gptcourse tests bench

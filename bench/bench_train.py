@@ -109,13 +109,28 @@ def cmd_overhead(args: argparse.Namespace) -> None:
     print(f"Trainer / bare = {t / b:.3f}  (goal >= 0.95); load average at end: {load()}")
 
 
+@torch.no_grad()
+def random_batch_estimates(model: nn.Module, data: TokenShards, T: int, B: int, *,
+                           batches: int, draws: int) -> list[float]:
+    """``draws`` independent nanoGPT ``estimate_loss`` values: each the mean loss of
+    ``batches`` batches of ``B`` random windows."""
+    model.eval()
+    out = []
+    for d in range(draws):
+        losses = [float(model(*data.windows(data.random_offsets(B, T, seed=10_000 + d, step=i),
+                                             T))[1]) for i in range(batches)]
+        out.append(sum(losses) / len(losses))
+    return out
+
+
 def cmd_shakespeare(args: argparse.Namespace) -> None:
     train, val, vocab = shakespeare_char()
     spec = presets.resolve("shakespeare-char")
     cfg = spec.model_config(vocab_size=vocab)
     out = args.out or tempfile.mkdtemp(prefix="bench-shakespeare-")
     tc = TrainConfig(**{**spec.train.to_dict(), "out_dir": out, "max_steps": args.steps,
-                        "decay_steps": args.steps, "progress": not args.quiet})
+                        "decay_steps": args.steps, "progress": not args.quiet,
+                        **({"seed": args.seed} if args.seed is not None else {})})
     print(f"load average at start: {load()}; {train.vocab_size} characters, "
           f"{len(train):,} train / {len(val):,} val tokens -> {out}")
     trainer = Trainer(cfg, train, val, tc)
@@ -128,6 +143,13 @@ def cmd_shakespeare(args: argparse.Namespace) -> None:
           f"{tc.eval_batches} batches)")
     print(f"validation loss over the whole split ({full['tokens']:,} tokens): "
           f"{full['loss']:.4f} (goal <= 1.89; nanoGPT ~1.88)")
+    # nanoGPT's figure is estimate_loss(): the mean of eval_iters=20 random batches of 12 x 64.
+    # The same estimate over many seeds shows how noisy that single number is.
+    estimates = random_batch_estimates(trainer.model, val, cfg.block_size, tc.batch_size,
+                                       batches=20, draws=args.draws)
+    print(f"nanoGPT-style estimate (20 random batches of {tc.batch_size}), {args.draws} draws: "
+          f"mean {statistics.mean(estimates):.4f}, sd {statistics.stdev(estimates):.4f}, "
+          f"range {min(estimates):.4f}-{max(estimates):.4f}")
     print(f"load average at end: {load()}")
 
 
@@ -143,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--out", default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's)")
+    p.add_argument("--draws", type=int, default=100,
+                   help="how many nanoGPT-style 20-batch estimates to draw")
     p.set_defaults(func=cmd_shakespeare)
     args = parser.parse_args(argv)
     args.func(args)

@@ -34,15 +34,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from .data import prepare
 
-    kwargs = {"tokenizer": args.tokenizer, "clean": args.clean, "overwrite": args.overwrite}
-    if not args.near_dedup:
-        kwargs["near_dedup"] = False
-    for key in ("val_fraction", "max_documents", "num_proc"):
+    kwargs: dict[str, object] = {}
+    source, out = args.source, args.out
+    if args.preset:  # the preset's recipe and data folder; the flags below override them
+        from . import presets
+
+        spec = presets.resolve(args.preset)
+        kwargs.update(spec.prepare)
+        source = source or kwargs.pop("source", None)
+        kwargs.pop("source", None)
+        out = out or spec.data
+    if source is None or out is None:
+        raise ValueError("name a SOURCE and --out DIR (or a --preset that has them)")
+    for key in ("tokenizer", "val_fraction", "max_documents", "num_proc", "threshold", "seed",
+                "sample_by", "split", "text_column", "shard_tokens"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
+    for key in ("clean", "exact_dedup", "near_dedup"):
+        if not getattr(args, key):
+            kwargs[key] = False
     if args.streaming:
         kwargs["streaming"] = True
-    prepare(args.source, args.out, **kwargs)
+    prepare(source, out, overwrite=args.overwrite, **kwargs)
     return 0
 
 
@@ -120,7 +133,8 @@ def _report(trainer) -> None:
         print(line)
     if (trainer.out_dir / "loss.png").exists():
         print(f"loss plot: {trainer.out_dir / 'loss.png'}")
-    print(f"checkpoint: {trainer.last_checkpoint}")
+    if trainer.last_checkpoint is not None:
+        print(f"checkpoint: {trainer.last_checkpoint}")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -295,17 +309,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("prepare", help="clean, deduplicate and tokenize a corpus into shards")
-    p.add_argument("source", help="a corpus name (stories, tinyshakespeare, ...), a .txt/.jsonl/"
-                   ".parquet file or folder, or hf:owner/name[:config]")
-    p.add_argument("--out", required=True, help="folder for the shards and meta.json")
-    p.add_argument("--tokenizer", default="gpt2",
-                   help="gpt2, char, bpe:N (train one of N tokens), or a tokenizer .json")
+    p.add_argument("source", nargs="?", help="a corpus name (stories, tinyshakespeare, ...), a "
+                   ".txt/.jsonl/.parquet file or folder, or hf:owner/name[:config]")
+    p.add_argument("--out", help="folder for the shards and meta.json")
+    p.add_argument("--preset", help="take the source, --out and settings from a training preset")
+    p.add_argument("--tokenizer", default=None,
+                   help="gpt2 (default), char, bpe:N (train one of N tokens), or a tokenizer .json")
     p.add_argument("--no-clean", dest="clean", action="store_false",
                    help="skip normalisation, filters and deduplication")
+    p.add_argument("--no-exact-dedup", dest="exact_dedup", action="store_false",
+                   help="keep exact duplicates")
     p.add_argument("--no-near-dedup", dest="near_dedup", action="store_false",
                    help="skip MinHash near-duplicate removal")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="Jaccard similarity above which documents are near-duplicates (0.8)")
     p.add_argument("--val-fraction", type=float, default=None, help="share of documents held out")
+    p.add_argument("--seed", type=int, default=None, help="seed of the train/val split")
     p.add_argument("--max-documents", type=int, default=None, help="use only the first N")
+    p.add_argument("--sample-by", choices=("paragraph", "line", "document"), default=None,
+                   help="how a text file splits into documents")
+    p.add_argument("--split", default=None, help="dataset split to read (train)")
+    p.add_argument("--text-column", default=None, help="column holding the text (text)")
+    p.add_argument("--shard-tokens", type=int, default=None, help="tokens per shard file")
     p.add_argument("--num-proc", type=int, default=None, help="tokenizer processes")
     p.add_argument("--streaming", action="store_true", help="stream a hub dataset")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards in --out")

@@ -72,6 +72,7 @@ def make_exercise(solution):
                 cell.source = strip_solution(cell.source, _next_task(nb.cells, k + 1))
             cell.outputs = []
             cell.execution_count = None
+            cell.metadata.pop("execution", None)  # timestamps of the run that made the solution
         elif cell.cell_type == "markdown":
             cell.source = cell.source.replace("(solution)", "(exercise)").replace(
                 "Solutions —", "Exercises —"

@@ -113,6 +113,7 @@ class TrainConfig:
     log_interval: int = 10
     checkpoint_interval: int = 0  # 0: at every evaluation and at the end
     keep_checkpoints: int = 2
+    checkpoints: bool = True  # False: write none (sweeps and quick experiments)
     sample_interval: int = 0  # 0: no samples during training
     sample_tokens: int = 200
     sample_prompt: str = ""
@@ -137,6 +138,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        for name in ("compile", "checkpoints", "progress", "plots"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
@@ -366,6 +370,11 @@ class Trainer:
     ``resume=True`` continues from the latest checkpoint in ``config.out_dir`` when there is
     one (``"require"``: there must be one). ``model`` may be given to start from existing
     weights (e.g. :meth:`GPT.from_pretrained`); its config must equal ``model_config``.
+
+    On CUDA the Trainer turns on TF32 for float32 matmuls and convolutions
+    (``torch.backends.cuda.matmul.allow_tf32`` / ``cudnn.allow_tf32``, process-wide): on
+    Ampere and newer GPUs fp32 matmuls then run on tensor cores with a 10-bit mantissa, as
+    nanoGPT does. Set both back to False after creating the Trainer for strict fp32.
     """
 
     def __init__(self, model_config: GPTConfig, train_data: TokenShards,
@@ -790,7 +799,7 @@ class Trainer:
                     self._log({"step": self.step, "sample": text})
                     if show:
                         bar.write(f"--- sample at step {self.step} ---\n{text}\n---")
-                if self.step % ckpt_every == 0 or self.step == end:
+                if c.checkpoints and (self.step % ckpt_every == 0 or self.step == end):
                     self.save_checkpoint()
                 # evaluation and checkpoints do not count against tokens/s
                 t_last += time.perf_counter() - paused

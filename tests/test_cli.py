@@ -28,3 +28,46 @@ def test_unknown_corpus_is_a_clear_error_not_a_traceback(tmp_path, capsys):
     assert main(["tokenizer-demo", "--corpus", "nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unknown corpus 'nope'" in err and "tinyshakespeare" in err
+
+
+# ------------------------------------------------------------------ demo and prepare
+
+
+def test_demo_trains_samples_and_reports_the_floor(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GPTCOURSE_PROFILE", "ci")  # 30 steps of a 2-layer model
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"--- sample {k} ---" in out for k in (1, 2, 3))
+    assert "the entropy floor is" in out and "nats/token above the best possible" in out
+    assert (tmp_path / "demo" / "loss.png").is_file()
+    assert (tmp_path / "demo" / "checkpoints" / "latest").is_file()
+
+
+def test_prepare_command_writes_shards_and_a_summary(tmp_path, capsys):
+    from gptcourse.data import TokenShards
+
+    out = tmp_path / "stories"
+    assert main(["prepare", "stories", "--out", str(out), "--tokenizer", "char",
+                 "--max-documents", "300", "--no-near-dedup", "--val-fraction", "0.2"]) == 0
+    printed = capsys.readouterr().out
+    assert "train" in printed and "val" in printed
+    train, val = TokenShards(out, "train", verify=True), TokenShards(out, "val")
+    assert train.documents + val.documents == 300  # stories never repeat: nothing dropped
+    assert train.entropy_per_token is not None  # the grammar's floor travels with the shards
+    assert train.tokenizer().name.startswith("char")
+
+
+def test_prepare_with_a_preset_takes_its_recipe(tmp_path, capsys):
+    from gptcourse.data import TokenShards
+
+    out = tmp_path / "shakespeare"
+    assert main(["prepare", "--preset", "shakespeare-char", "--out", str(out),
+                 "--max-documents", "50"]) == 0
+    train = TokenShards(out, "train")
+    assert train.tokenizer().name.startswith("char")  # the preset's tokenizer, not gpt2
+    assert train.meta["pipeline"]["clean"] is False  # shakespeare-char: clean = false
+
+
+def test_prepare_without_a_source_is_a_clear_error(tmp_path, capsys):
+    assert main(["prepare", "--out", str(tmp_path)]) == 2
+    assert "name a SOURCE and --out DIR" in capsys.readouterr().err

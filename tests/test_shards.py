@@ -152,3 +152,16 @@ def test_files_get_the_usual_permissions(tmp_path):
         os.umask(old)
     for f in tmp_path.iterdir():
         assert f.stat().st_mode & 0o777 == 0o644, f
+
+
+def test_from_ids_can_carry_the_entropy_floor():
+    ts = TokenShards.from_ids(np.arange(100), 100, nats=50.0, documents=4)
+    assert ts.entropy_per_token == pytest.approx(0.5)  # 50 nats over 100 tokens
+    assert ts.documents == 4 and ts.nats == 50.0
+    assert TokenShards.from_ids(np.arange(100)).entropy_per_token is None
+
+
+@pytest.mark.parametrize("bad", [{"nats": -1.0}, {"nats": float("nan")}, {"documents": 1.5}])
+def test_from_ids_rejects_impossible_facts(bad):
+    with pytest.raises(ValueError, match="must be"):
+        TokenShards.from_ids(np.arange(10), 10, **bad)

@@ -190,6 +190,12 @@ def test_old_checkpoints_are_pruned(verdict_shards, tmp_path):
         "step_000006", "step_000008"]
 
 
+def test_checkpoints_can_be_switched_off(verdict_shards, tmp_path):
+    t = _trainer(verdict_shards, tmp_path, max_steps=4, eval_interval=2, checkpoints=False)
+    t.fit()
+    assert t.step == 4 and not (tmp_path / "checkpoints").exists()
+
+
 def test_corrupt_checkpoint_is_a_clear_error(verdict_shards, tmp_path):
     _trainer(verdict_shards, tmp_path, max_steps=2, eval_interval=2).fit()
     weights = find_checkpoint(tmp_path) / "model.safetensors"

@@ -2,7 +2,15 @@
 
 * :mod:`.windows` -- ``SlidingWindowDataset``: (input, target) windows over one id sequence;
 * :mod:`.shards` -- ``ShardWriter`` / ``TokenShards``: token ids in memory-mapped shards
-  with a JSON metadata file, random windows for training, a sequential pass for evaluation.
+  with a JSON metadata file, random windows for training, a sequential pass for evaluation;
+* :mod:`.clean` -- ``normalize`` (Unicode NFC, control characters, whitespace), Gopher-style
+  quality rules (``QualityFilter``) and a whole-word ``Blocklist``;
+* :mod:`.dedup` -- exact duplicates (hash of the normalised text) and near duplicates
+  (``MinHash`` signatures + ``LSH`` banding, candidates verified);
+* :mod:`.prepare` -- the pipeline on Hugging Face ``datasets``: ``load_documents`` (corpora,
+  files, the hub), ``clean_dataset`` (counts per rule in a ``Report``), ``tokenize_to_shards``
+  (``num_proc`` workers, end-of-text before each document) and ``prepare`` (all of it, as
+  ``gptcourse prepare`` runs it).
 """
 
 from .clean import DEFAULT_BLOCKLIST, Blocklist, QualityFilter, normalize

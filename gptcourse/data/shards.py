@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -252,8 +253,14 @@ class TokenShards:
 
     @classmethod
     def from_ids(cls, ids: Sequence[int] | np.ndarray | torch.Tensor,
-                 vocab_size: int | None = None) -> TokenShards:
-        """Token ids held in memory, with the same interface (for lessons and tests)."""
+                 vocab_size: int | None = None, *, nats: float | None = None,
+                 documents: int | None = None) -> TokenShards:
+        """Token ids held in memory, with the same interface (for lessons and tests).
+
+        ``nats`` (the ids' total log-loss under the true distribution, e.g. the sum of
+        ``-Story.logprob``) and ``documents`` are optional facts: with ``nats`` the split knows its
+        ``entropy_per_token`` floor, as shards written by ``prepare`` do.
+        """
         if isinstance(ids, torch.Tensor):
             ids = ids.detach().cpu().numpy()
         arr = np.asarray(ids).reshape(-1)
@@ -272,6 +279,14 @@ class TokenShards:
         self.dtype = dtype_for(vocab_size)
         self.meta = {"format": FORMAT, "dtype": self.dtype.name, "vocab_size": vocab_size,
                      "splits": {"memory": {"tokens": int(arr.size), "shards": []}}}
+        stats = {k: v for k, v in (("nats", nats), ("documents", documents)) if v is not None}
+        if nats is not None and (not math.isfinite(nats) or nats < 0):
+            raise ValueError(f"nats must be a finite number >= 0, got {nats!r}")
+        if documents is not None and (isinstance(documents, bool) or int(documents) != documents
+                                      or documents < 0):
+            raise ValueError(f"documents must be an integer >= 0, got {documents!r}")
+        if stats:
+            self.meta["split_stats"] = {"memory": stats}
         self._init_arrays([arr.astype(self.dtype)])
         return self
 
