@@ -548,8 +548,9 @@ class Trainer:
             x, y = self._to_device(x), self._to_device(y)
             with self._autocast():
                 _, loss = self.model(x, y)
-            total[0] += loss.double() * y.numel()
-            total[1] += y.numel()
+            scored = (y != -100).sum()  # targets of -100 (padding, masked prompts) do not count
+            total[0] += torch.nan_to_num(loss.double()) * scored  # nan: nothing scored
+            total[1] += scored
         self.model.train(was_training)
         total = self.ddp.all_sum(total)
         loss = float(total[0] / total[1])

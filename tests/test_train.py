@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptcourse import corpora
 from gptcourse.data import ShardWriter, TokenShards
@@ -188,6 +189,38 @@ def test_old_checkpoints_are_pruned(verdict_shards, tmp_path):
     _trainer(verdict_shards, tmp_path, max_steps=8, eval_interval=2, keep_checkpoints=2).fit()
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == [
         "step_000006", "step_000008"]
+
+
+class _MaskedBatches:
+    """Evaluation data whose targets are partly -100 (padding / masked prompts), as in SFT."""
+
+    vocab_size, path, entropy_per_token = 60, None, None
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def sequential(self, block_size, batch_size, *, max_batches=None, rank=0, world_size=1):
+        return iter(self.batches)
+
+
+def test_evaluate_counts_only_scored_targets(verdict_shards, tmp_path):
+    t = _trainer(verdict_shards, tmp_path)
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for scored in (5, 60, 0):  # very different numbers of scored targets; one with none
+        x = torch.randint(t.model_config.vocab_size, (2, 32), generator=g)
+        y = torch.randint(t.model_config.vocab_size, (2, 32), generator=g)
+        y.view(-1)[scored:] = -100
+        batches.append((x, y))
+    got = t.evaluate(_MaskedBatches(batches))
+    t.model.eval()
+    with torch.no_grad():  # every scored target counts once, whatever its batch
+        logits = torch.cat([t.model(x)[0] for x, _ in batches])
+    y = torch.cat([y for _, y in batches])
+    keep = y != -100
+    expected = F.cross_entropy(logits[keep], y[keep]).item()
+    assert got["tokens"] == 65
+    assert got["loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_checkpoints_can_be_switched_off(verdict_shards, tmp_path):
