@@ -104,3 +104,19 @@ def describe() -> dict[str, str]:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["bf16"] = str(torch.cuda.is_bf16_supported())
     return info
+
+
+def online(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
+    """Whether ``host`` answers a TCP connection within ``timeout`` seconds (default: the
+    Hugging Face hub). Lessons use it to download pretrained weights when they can and to say
+    what they skipped when they cannot. ``GPTCOURSE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` answer
+    False without trying."""
+    import socket
+
+    if _truthy(os.environ.get("GPTCOURSE_OFFLINE")) or _truthy(os.environ.get("HF_HUB_OFFLINE")):
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

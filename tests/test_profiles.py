@@ -220,3 +220,21 @@ def test_describe_reports_profile_and_device(clean_env):
     info = profiles.describe()
     assert info["profile"] == "ci" and info["device"] == "cpu"
     assert info["torch"] == torch.__version__
+
+
+def test_online_respects_the_offline_switches(monkeypatch):
+    from gptcourse.profiles import online
+
+    monkeypatch.setenv("GPTCOURSE_OFFLINE", "1")
+    assert online() is False
+
+
+def test_online_is_false_when_nothing_listens():
+    import socket
+
+    from gptcourse.profiles import online
+
+    with socket.socket() as s:  # a port that was free a moment ago: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert online("127.0.0.1", port, timeout=1.0) is False
