@@ -78,6 +78,12 @@ def test_normalize_composes_unicode_nfc():
     assert normalize("e\u0301") == normalize("\u00e9")
 
 
+def test_normalize_composes_across_a_dropped_invisible_character():
+    # soft hyphen / zero-width space between "e" and its combining accent
+    assert normalize("cafe\u00ad\u0301") == normalize("cafe\u200b\u0301") == "caf\u00e9"
+    assert normalize(normalize("cafe\u00ad\u0301")) == normalize("cafe\u00ad\u0301")
+
+
 def test_normalize_drops_control_characters_but_keeps_newline_and_tab():
     assert normalize("a\x00b\x07c\x1bd\x7fe\u200bf\ufeffg") == "abcdefg"
     assert normalize("a\tb\nc") == "a\tb\nc"
@@ -133,6 +139,15 @@ def test_duplicate_lines_rule():
     assert check_duplicate_lines("\n".join(lines)) is None
     repeated = "\n".join(lines[:5] + ["buy now"] * 5)  # 4 of 10 lines repeat an earlier one
     assert check_duplicate_lines(repeated) == "duplicate_lines"
+
+
+def test_top_ngram_rule_does_not_depend_on_which_tied_ngram_comes_first():
+    # "a b" and "longword another" both occur twice; the longer covers 30 of 92 characters
+    first = ("a b river stone longword another quiet garden a b silver letter longword another "
+             "morning window yellow bridge")
+    second = ("longword another river stone a b quiet garden longword another silver letter a b "
+              "morning window yellow bridge")
+    assert check_top_ngrams(first) == check_top_ngrams(second) == "repeated_ngram"
 
 
 def test_top_ngram_rule_counts_characters_of_the_most_repeated_ngram():

@@ -83,11 +83,11 @@ _BLANK_RUNS = re.compile(r"\n{3,}")
 def normalize(text: str) -> str:
     """The canonical form of ``text`` used before filtering, deduplication and tokenizing.
 
-    In order: ``\\r\\n`` and ``\\r`` become ``\\n``; Unicode NFC (composed characters, so
-    ``"e" + U+0301`` and ``"é"`` are the same text); control characters are dropped except
-    ``\\n`` and ``\\t`` (vertical tab, form feed, U+2028 become ``\\n``; U+2029 a blank line);
-    no-break and other typographic spaces become ``" "``; soft hyphens, zero-width spaces and
-    byte-order marks are dropped; spaces and tabs at the end of a line are removed; runs of
+    In order: ``\\r\\n`` and ``\\r`` become ``\\n``; control characters are dropped except
+    ``\\n`` and ``\\t`` (vertical tab, form feed, U+2028 become ``\\n``; U+2029 a blank line),
+    no-break and other typographic spaces become ``" "``, soft hyphens, zero-width spaces and
+    byte-order marks are dropped; then Unicode NFC (composed characters, so ``"e" + U+0301``
+    and ``"é"`` are the same text); spaces and tabs at the end of a line are removed; runs of
     blank lines become one blank line; leading and trailing whitespace is stripped.
 
     >>> normalize("Cafe\\u0301\\u00a0 \\r\\n\\r\\n\\r\\n\\x07ok  ")
@@ -97,9 +97,11 @@ def normalize(text: str) -> str:
         raise TypeError(f"normalize() takes a str, got {type(text).__name__}")
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.translate(_TABLE)
+    # NFC after the table: a dropped invisible character between a letter and its combining
+    # mark ("e", U+00AD, U+0301) must not keep them from composing
     if not unicodedata.is_normalized("NFC", text):
         text = unicodedata.normalize("NFC", text)
-    text = text.translate(_TABLE)
     if " \n" in text or "\t\n" in text:
         text = _TRAILING.sub("", text)
     if "\n\n\n" in text:
@@ -211,7 +213,8 @@ def check_top_ngrams(text: str, *, limits: Iterable[tuple[int, float]] = GOPHER_
 
     Words are lowercased ``\\w+`` runs (punctuation ignored); an n-gram's length is the total
     length of its words. An n-gram that occurs only once is no repetition, so a text whose
-    n-grams are all distinct passes whatever its length. Reason ``"repeated_ngram"``.
+    n-grams are all distinct passes whatever its length. When several n-grams share the top
+    count, the longest of them counts. Reason ``"repeated_ngram"``.
     """
     words = _WORD.findall(text.lower())
     total = sum(len(w) for w in words)
@@ -221,8 +224,11 @@ def check_top_ngrams(text: str, *, limits: Iterable[tuple[int, float]] = GOPHER_
         if len(words) < 2 * n:  # an n-gram needs two occurrences to be a repetition
             continue
         counts = Counter(zip(*(words[i:] for i in range(n))))
-        gram, count = counts.most_common(1)[0]
-        if count > 1 and count * sum(len(w) for w in gram) / total > limit:
+        count = max(counts.values())
+        # of the n-grams that share the top count, the one covering most characters
+        # (so the decision does not depend on which of them came first)
+        chars = max(sum(len(w) for w in g) for g, c in counts.items() if c == count)
+        if count > 1 and count * chars / total > limit:
             return "repeated_ngram"
     return None
 
