@@ -11,7 +11,8 @@ al. 2022, "Deduplicating Training Data Makes Language Models Better").
   ``J(A, B) = |A ∩ B| / |A ∪ B|`` measures how much they share. Comparing all pairs is
   quadratic, so (Broder 1997) each text gets a :class:`MinHash` *signature*: for ``k`` random
   hash functions ``h_i``, ``sig_i = min over shingles s of h_i(s)``. Two texts agree on
-  ``sig_i`` with probability exactly ``J``, so the fraction of equal entries estimates ``J``
+  ``sig_i`` with probability ``J`` (exactly, for truly random permutations; very nearly, for
+  the hash family below), so the fraction of equal entries estimates ``J``
   with standard error ``sqrt(J (1 - J) / k)`` (at most ``0.5 / sqrt(k)``). :class:`LSH` then
   cuts the signature into ``b`` bands of ``r`` rows and puts texts whose band is identical in
   the same bucket: a pair with similarity ``s`` shares at least one bucket with probability
@@ -372,8 +373,10 @@ class LSH:
 
     def candidate_pairs(self, signatures: np.ndarray,
                         skip: np.ndarray | None = None) -> np.ndarray:
-        """All pairs ``(i, j)``, ``i < j``, that share a bucket in some band: ``(m, 2)`` int64,
-        sorted and unique. Rows where ``skip`` is true take no part."""
+        """The pairs ``(i, j)``, ``i < j``, that share a bucket in some band: ``(m, 2)`` int64,
+        sorted and unique. Rows where ``skip`` is true take no part. A bucket of more than
+        ``MAX_BUCKET`` members yields only the pairs of its first member with each other one
+        (enough to cluster them, without ~n**2 pairs)."""
         sigs = np.asarray(signatures)
         if sigs.ndim != 2 or sigs.shape[1] < self.num_bands * self.rows:
             raise ValueError(f"need signatures of shape (n, >= {self.num_bands * self.rows}), "
