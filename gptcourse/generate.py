@@ -11,17 +11,26 @@ each step feeds one token instead of the whole context. Once the context is long
 ``block_size`` it is cropped to the last ``block_size`` tokens; with learned positions that
 shifts every position, so the cache is rebuilt from the cropped context (exactly what the
 no-cache path computes).
+
+Safety: :class:`OutputFilter` (a whole-word :class:`~gptcourse.data.clean.Blocklist` plus
+regular expressions) checks the *text* of what is generated. ``generate`` / ``stream`` take it
+as ``output_filter=`` with ``action="stop"``: a row stops before the token that would make its
+generated text contain a match, and that token is never emitted. Redaction (``action="redact"``)
+rewrites text, so it lives in :func:`generate_text`, which returns decoded strings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
+from .data.clean import Blocklist
 from .model import GPT
 
-__all__ = ["generate", "stream", "filter_logits"]
+__all__ = ["OutputFilter", "filter_logits", "generate", "generate_text", "stream"]
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -62,6 +71,141 @@ def _stop_ids(stop, tokenizer) -> tuple[set[int], list[str]]:
     return ids, strings
 
 
+class OutputFilter:
+    """Find, redact or stop on unwanted text in a model's output: a blocklist plus regexes.
+
+    * ``blocklist`` -- whole words or phrases, ignoring case, with the rule of
+      :class:`gptcourse.data.clean.Blocklist` (``"ass"`` hits "Ass!" but not "class"; the
+      spaces of a phrase match any whitespace). A :class:`Blocklist`, a list of terms,
+      ``"default"`` (:data:`~gptcourse.data.clean.DEFAULT_BLOCKLIST`) or a path to a file.
+    * ``patterns`` -- regular expressions (strings, compiled with ``re.IGNORECASE`` when
+      ``ignore_case``, or compiled ``re.Pattern`` objects used as they are), e.g. a phone
+      number or an e-mail address.
+    * ``action`` -- what generation does about a match: ``"stop"`` ends the row *before*
+      the token that would complete the match (see :func:`stream`); ``"redact"`` lets the
+      model run on and replaces each match in the decoded text by ``replacement``
+      (:func:`generate_text`, :meth:`redact`).
+
+    :meth:`apply` does on a finished text what the action does: redact, or cut the text at
+    the start of the first match. A filter catches strings, not meaning: paraphrases,
+    misspellings ("sh1t"), other languages and harmful content without a listed word pass.
+
+    >>> f = OutputFilter(["darn"], patterns=[r"\\d{3}-\\d{4}"])
+    >>> f.redact("Darn! Call 555-1234.")
+    '[filtered]! Call [filtered].'
+    """
+
+    ACTIONS = ("redact", "stop")
+
+    def __init__(
+        self,
+        blocklist: Blocklist | Iterable[str] | str | os.PathLike | None = None,
+        patterns: Iterable[str | re.Pattern[str]] = (),
+        *,
+        replacement: str = "[filtered]",
+        action: str = "redact",
+        ignore_case: bool = True,
+    ) -> None:
+        if action not in self.ACTIONS:
+            raise ValueError(f"action must be one of {self.ACTIONS}, got {action!r}")
+        if not isinstance(replacement, str):
+            raise TypeError(f"replacement must be a string, got {type(replacement).__name__}")
+        if isinstance(patterns, (str, re.Pattern)):
+            raise TypeError("patterns takes a list of regular expressions, e.g. "
+                            "patterns=[r'\\d{3}-\\d{4}'], not one pattern")
+        self.blocklist: Blocklist | None = Blocklist.coerce(blocklist)
+        compiled: list[re.Pattern[str]] = []
+        for p in patterns:
+            if isinstance(p, re.Pattern):
+                compiled.append(p)
+            elif isinstance(p, str):
+                try:
+                    compiled.append(re.compile(p, re.IGNORECASE if ignore_case else 0))
+                except re.error as err:
+                    raise ValueError(f"pattern {p!r} is not a valid regular expression: {err}") from None
+            else:
+                raise TypeError(f"patterns must be strings or compiled re.Pattern, got {p!r}")
+            if compiled[-1].search("") is not None:
+                raise ValueError(f"pattern {compiled[-1].pattern!r} matches the empty string, "
+                                 "so it would match every text")
+        if (self.blocklist is None or not len(self.blocklist)) and not compiled:
+            raise ValueError("an OutputFilter needs blocklist terms and/or patterns")
+        self.patterns: tuple[re.Pattern[str], ...] = tuple(compiled)
+        self.replacement = replacement
+        self.action = action
+
+    def spans(self, text: str, start: int = 0) -> list[tuple[int, int]]:
+        """The ``(start, end)`` character spans of all matches, overlaps merged, in order.
+
+        ``text[:start]`` is context only (a prompt): a match counts when it ends after
+        ``start`` (so "cl" + "ass" is the word "class", not "ass"), and its span is clipped to
+        begin at ``start`` at the earliest.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        found = list(self.blocklist.spans(text)) if self.blocklist is not None else []
+        found += [m.span() for rx in self.patterns for m in rx.finditer(text)]
+        found = [(max(a, start), b) for a, b in found if b > max(a, start)]
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted(found):
+            if merged and a < merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+            else:
+                merged.append((a, b))
+        return merged
+
+    def matches(self, text: str, start: int = 0) -> list[str]:
+        """The matched pieces of ``text`` (after ``start``; overlaps merged), in order."""
+        return [text[a:b] for a, b in self.spans(text, start)]
+
+    def blocked(self, text: str, start: int = 0) -> bool:
+        """Whether ``text`` (after the context ``text[:start]``) contains a match."""
+        return bool(self.spans(text, start))
+
+    def redact(self, text: str, start: int = 0) -> str:
+        """``text`` with every match (after ``start``) replaced by ``replacement``."""
+        out, last = [], 0
+        for a, b in self.spans(text, start):
+            out += [text[last:a], self.replacement]
+            last = b
+        return "".join(out) + text[last:]
+
+    def apply(self, text: str) -> str:
+        """What the action does to a finished text: redact it, or (``"stop"``) cut it at the
+        start of the first match."""
+        if self.action == "redact":
+            return self.redact(text)
+        spans = self.spans(text)
+        return text[: spans[0][0]] if spans else text
+
+    def __repr__(self) -> str:
+        terms = len(self.blocklist) if self.blocklist is not None else 0
+        return (f"OutputFilter({terms} terms, {len(self.patterns)} patterns, "
+                f"action={self.action!r}, replacement={self.replacement!r})")
+
+
+def _check_output_filter(output_filter, tokenizer, batch: int):
+    """The fill id of rows the filter stops (``None`` when no batch needs one)."""
+    if output_filter is None:
+        return None
+    if not isinstance(output_filter, OutputFilter):
+        raise TypeError(f"output_filter must be an OutputFilter, got {type(output_filter).__name__}")
+    if output_filter.action != "stop":
+        raise ValueError("generate()/stream() return token ids, which cannot be redacted: use "
+                         "OutputFilter(..., action='stop') here, or generate_text(...) (or "
+                         "output_filter.redact(tokenizer.decode(ids))) to redact the text")
+    if tokenizer is None:
+        raise ValueError("output_filter needs tokenizer=... to decode the generated ids")
+    if batch > 1:
+        fill = getattr(tokenizer, "eot_id", None)
+        if fill is None:
+            raise ValueError("output_filter with a batch of prompts fills the rows it stops "
+                             "with the tokenizer's end-of-text id, and this tokenizer has none; "
+                             "generate one prompt at a time")
+        return int(fill)
+    return None
+
+
 def _prompt(model: GPT, idx: torch.Tensor | Sequence[int]) -> torch.Tensor:
     """The prompt as a (B, T) long tensor on the model's device, ids checked."""
     if not isinstance(idx, torch.Tensor):
@@ -87,26 +231,43 @@ def stream(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
     tokenizer=None,
+    output_filter: OutputFilter | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the new token ids step by step, as a (B,) tensor per step.
 
     Generation stops after ``max_new_tokens``, or when every row has produced a stop token id
     or (with ``tokenizer``) its decoded text ends with a stop string. A row that has stopped
     repeats its stop token while the others continue.
+
+    ``output_filter`` (an :class:`OutputFilter` with ``action="stop"``; needs ``tokenizer``):
+    before a token is emitted, the row's text with it -- the generated text, read after the
+    last 32 prompt tokens as context -- is checked; if it now holds a match the token is
+    dropped and the row stops. With one prompt generation simply ends; in a batch the
+    stopped row yields the tokenizer's end-of-text id from then on. The text emitted never
+    contains a match, but it may end with the start of one (" sh" before "it" completes a
+    word: a stream cannot take back what it has sent), and a listed word that ends the text
+    so far counts (whole-word matching cannot wait for the next character), so "ass" stops
+    "assess" early -- the safe side.
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
     _check_sampling(temperature, top_k, top_p)
     stop_ids, stop_strings = _stop_ids(stop, tokenizer)
     idx = _prompt(model, idx)
+    fill = _check_output_filter(output_filter, tokenizer, idx.size(0))
     # arguments are checked above, when stream() is called; the loop runs when iterated
     return _steps(model, idx, max_new_tokens, temperature, top_k, top_p, stop_ids, stop_strings,
-                  use_cache, generator, tokenizer)
+                  use_cache, generator, tokenizer, output_filter, fill)
+
+
+#: prompt tokens decoded in front of the generated text when an output filter checks it
+_FILTER_CONTEXT = 32
 
 
 @torch.no_grad()
 def _steps(model, idx, max_new_tokens, temperature, top_k, top_p, stop_ids, stop_strings,
-           use_cache, generator, tokenizer) -> Iterator[torch.Tensor]:
+           use_cache, generator, tokenizer, output_filter=None, fill=None
+           ) -> Iterator[torch.Tensor]:
     device = idx.device
     block = model.config.block_size
     was_training = model.training
@@ -121,6 +282,11 @@ def _steps(model, idx, max_new_tokens, temperature, top_k, top_p, stop_ids, stop
         # a stop string can span several tokens, and a character several byte tokens: decode
         # a window of the latest ids wide enough to hold the longest stop string
         window = max((len(s.encode("utf-8")) for s in stop_strings), default=0) + 4
+        if output_filter is not None:
+            # each row's prompt tail (context for whole-word matches) and generated ids
+            tails = [idx[b, -_FILTER_CONTEXT:].tolist() for b in range(B)]
+            offsets = [len(tokenizer.decode(t)) for t in tails]
+            kept: list[list[int]] = [[] for _ in range(B)]
         for _ in range(max_new_tokens):
             if use_cache:
                 if cache is None or cache.length >= block:
@@ -138,6 +304,21 @@ def _steps(model, idx, max_new_tokens, temperature, top_k, top_p, stop_ids, stop
                 probs = torch.softmax(logits, dim=-1)
                 nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             nxt = torch.where(done, last_stop, nxt)
+            if output_filter is not None:
+                emitted = ~done
+                for b in range(B):
+                    if done[b]:
+                        continue
+                    t = int(nxt[b])
+                    text = tokenizer.decode(tails[b] + kept[b] + [t])
+                    if output_filter.blocked(text, offsets[b]):
+                        done[b], emitted[b] = True, False
+                        if fill is not None:
+                            nxt[b] = last_stop[b] = fill
+                    else:
+                        kept[b].append(t)
+                if not emitted.any():
+                    break  # every row has stopped and none has a new token to emit
             seq = torch.cat([seq, nxt[:, None]], dim=1)
             yield nxt
             for b in range(B):
@@ -169,15 +350,75 @@ def generate(
     use_cache: bool = True,
     generator: torch.Generator | None = None,
     tokenizer=None,
+    output_filter: OutputFilter | None = None,
 ) -> torch.Tensor:
     """The prompt followed by up to ``max_new_tokens`` generated ids, shape (B, T + new).
 
     See :func:`stream` for the options. ``temperature <= 0`` is greedy decoding; pass a seeded
-    ``torch.Generator`` for reproducible sampling.
+    ``torch.Generator`` for reproducible sampling. ``output_filter`` (``action="stop"``) ends a
+    row before a token that would complete a match; for redacted *text* use
+    :func:`generate_text`.
     """
     prompt = _prompt(model, idx)
     steps = list(stream(model, prompt, max_new_tokens, temperature, top_k, top_p, stop,
-                        use_cache, generator, tokenizer))
+                        use_cache, generator, tokenizer, output_filter))
     if not steps:
         return prompt
     return torch.cat([prompt, torch.stack(steps, dim=1)], dim=1)
+
+
+def generate_text(
+    model: GPT,
+    tokenizer,
+    prompt: str | Sequence[str],
+    max_new_tokens: int,
+    *,
+    output_filter: OutputFilter | None = None,
+    **kwargs,
+) -> str | list[str]:
+    """The text the model adds to ``prompt`` (a string, or a list of them, one by one).
+
+    ``kwargs`` go to :func:`generate` (``temperature``, ``top_k``, ``top_p``, ``stop``,
+    ``use_cache``, ``generator``). The returned text is the decoded new ids (after the
+    prompt), without the prompt. With ``output_filter``:
+
+    * ``action="stop"`` -- generation runs with the filter (:func:`stream`): the text ends
+      before the token that would have completed a match;
+    * ``action="redact"`` -- generation is not changed; each match in the new text (read
+      after the prompt, so a word the prompt starts counts whole) is replaced by the
+      filter's ``replacement``. The ids are not redacted: use :func:`generate` for them.
+
+    An empty prompt starts from the tokenizer's end-of-text token.
+    """
+    if isinstance(prompt, str):
+        return _generate_one(model, tokenizer, prompt, max_new_tokens, output_filter, kwargs)
+    prompts = list(prompt)
+    if any(not isinstance(p, str) for p in prompts):
+        raise TypeError("prompt must be a string or a sequence of strings")
+    return [_generate_one(model, tokenizer, p, max_new_tokens, output_filter, kwargs)
+            for p in prompts]
+
+
+def _generate_one(model, tokenizer, prompt: str, max_new_tokens, output_filter, kwargs) -> str:
+    if output_filter is not None and not isinstance(output_filter, OutputFilter):
+        raise TypeError(f"output_filter must be an OutputFilter, got {type(output_filter).__name__}")
+    for key in ("tokenizer", "idx", "output_filter"):
+        if key in kwargs:
+            raise TypeError(f"generate_text() takes no {key}= keyword argument here")
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        eot = getattr(tokenizer, "eot_id", None)
+        if eot is None:
+            raise ValueError("the prompt is empty and the tokenizer has no end-of-text token "
+                             "to start from; give a prompt")
+        ids = [eot]
+    stop_filter = output_filter if output_filter is not None and output_filter.action == "stop" else None
+    out = generate(model, ids, max_new_tokens, tokenizer=tokenizer, output_filter=stop_filter, **kwargs)
+    new = out[0, len(ids):].tolist()
+    if output_filter is None or stop_filter is not None:
+        return tokenizer.decode(new)
+    # redact the new text, read after the prompt's tail for whole-word context
+    tail = ids[-_FILTER_CONTEXT:]
+    offset = len(tokenizer.decode(tail))
+    full = tokenizer.decode(tail + new)
+    return output_filter.redact(full, offset)[offset:]

@@ -379,6 +379,13 @@ DEFAULT_BLOCKLIST_TERMS: tuple[str, ...] = (
 )
 
 
+def _whole_words(terms: Iterable[str]) -> re.Pattern[str]:
+    """One regex matching any of ``terms`` as whole words, ignoring case; the spaces of a
+    phrase match any run of whitespace."""
+    alternatives = "|".join(r"\s+".join(re.escape(w) for w in t.split()) for t in terms)
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+
+
 class Blocklist:
     """Drop texts containing any listed term as a whole word (or phrase), ignoring case.
 
@@ -408,14 +415,8 @@ class Blocklist:
         # (fast); phrases and terms with other characters go through one regular expression
         self._words = frozenset(t for t in self.terms if _WORD.fullmatch(t))
         others = [t for t in self.terms if t not in self._words]
-        self._regex: re.Pattern[str] | None = None
-        if others:
-            alternatives = "|".join(r"\s+".join(re.escape(w) for w in t.split()) for t in others)
-            self._regex = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
-        if self.terms:
-            alternatives = "|".join(r"\s+".join(re.escape(w) for w in t.split())
-                                    for t in self.terms)
-            self._find = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+        self._regex = _whole_words(others) if others else None
+        self._find = _whole_words(self.terms) if self.terms else None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Blocklist:
@@ -441,7 +442,11 @@ class Blocklist:
 
     def find(self, text: str) -> list[str]:
         """The listed terms found in ``text`` (as they appear in it), in order."""
-        return [m.group() for m in self._find.finditer(text)] if self.terms else []
+        return [text[a:b] for a, b in self.spans(text)]
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """The ``(start, end)`` character spans of the listed terms in ``text``, in order."""
+        return [m.span() for m in self._find.finditer(text)] if self._find else []
 
     def __call__(self, text: str) -> str | None:
         if self._words and not self._words.isdisjoint(_WORD.findall(text.lower())):
