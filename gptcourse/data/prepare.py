@@ -21,7 +21,9 @@ same code handles a 20 KB story and a many-gigabyte crawl (Arrow tables memory-m
 **Layout of the token stream.** Each document is encoded on its own (``encode_ordinary``: a
 literal ``<|endoftext|>`` inside a text is ordinary text) and preceded by the tokenizer's
 end-of-text id, so a model learns where documents start and every document is conditioned on
-the same "fresh start" token (GPT-2's convention). A tokenizer without one (``CharTokenizer``)
+the same "fresh start" token, which is also how generation begins from nothing (nanoGPT's
+OpenWebText script appends it *after* each document instead; either way exactly one separates
+two documents). A tokenizer without one (``CharTokenizer``)
 gets the tokens of ``"\\n\\n"`` *between* documents instead.
 
 **Caches.** ``datasets`` writes Arrow files for every step; they go to a temporary folder
