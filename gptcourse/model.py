@@ -321,7 +321,8 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None):
         """Logits (B, T, vocab) for every position, and the mean cross-entropy if ``targets``
-        are given (positions with target -100 are ignored)."""
+        are given (positions with target -100 are ignored; when all are, the loss is 0 with
+        zero gradients rather than NaN, so a padded batch with nothing to learn is harmless)."""
         past = cache.length if cache is not None else 0
         self._check_inputs(idx, targets, past)
         idx = idx.long()
@@ -341,8 +342,10 @@ class GPT(nn.Module):
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1).long(),
-                                   ignore_index=-100)
+            targets = targets.reshape(-1).long()
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets,
+                                   ignore_index=-100, reduction="sum")
+            loss = loss / (targets != -100).sum().clamp(min=1)
         return logits, loss
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:

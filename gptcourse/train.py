@@ -448,6 +448,8 @@ class Trainer:
 
     @property
     def tokens_per_step(self) -> int:
+        """Tokens in one optimizer step at full length (``tokens_seen`` counts the batches'
+        real lengths, which padded fine-tuning batches may keep below ``block_size``)."""
         return self.global_batch * self.model_config.block_size
 
     def lr(self, step: int | None = None) -> float:
@@ -491,7 +493,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
+        tokens = 0
         for m, (x, y) in enumerate(self.micro_batches(self.step)):
+            tokens += x.numel()  # padded SFT batches can be shorter than block_size
             last = m == c.grad_accum - 1
             sync = contextlib.nullcontext() if last or not self.ddp.enabled \
                 else self.train_model.no_sync()
@@ -519,7 +523,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.tokens_seen += self.tokens_per_step
+        self.tokens_seen += tokens * self.ddp.world_size
         return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm}
 
     # ------------------------------------------------------------------ evaluation

@@ -508,3 +508,18 @@ def test_forward_rejects_ids_outside_the_vocabulary():
     idx[0, 2] = model.config.vocab_size
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model(idx)
+
+
+def test_loss_ignores_minus_100_and_is_zero_when_every_target_is():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    x = torch.randint(50, (2, 8))
+    y = torch.randint(50, (2, 8))
+    y[0, :5] = -100
+    logits, loss = model(x, y)
+    keep = y != -100
+    torch.testing.assert_close(loss, F.cross_entropy(logits[keep], y[keep]), rtol=1e-6, atol=1e-6)
+    _, empty = model(x, torch.full_like(y, -100))
+    empty.backward()
+    assert empty.item() == 0.0
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
