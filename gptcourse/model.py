@@ -323,8 +323,25 @@ class GPT(nn.Module):
         """Logits (B, T, vocab) for every position, and the mean cross-entropy if ``targets``
         are given (positions with target -100 are ignored; when all are, the loss is 0 with
         zero gradients rather than NaN, so a padded batch with nothing to learn is harmless)."""
+        self._check_inputs(idx, targets, cache.length if cache is not None else 0)
+        logits = self.lm_head(self._hidden(idx, cache))
+        loss = None
+        if targets is not None:
+            targets = targets.reshape(-1).long()
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets,
+                                   ignore_index=-100, reduction="sum")
+            loss = loss / (targets != -100).sum().clamp(min=1)
+        return logits, loss
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final hidden states (B, T, n_embd) -- embeddings, every block, ``ln_f``: what
+        ``forward`` feeds the vocabulary head (``lm_head(hidden_states(idx))`` are the
+        logits). Fine-tuning heads (e.g. a classifier) read these."""
+        self._check_inputs(idx, None, cache.length if cache is not None else 0)
+        return self._hidden(idx, cache)
+
+    def _hidden(self, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         past = cache.length if cache is not None else 0
-        self._check_inputs(idx, targets, past)
         idx = idx.long()
         T = idx.size(1)
         positions = torch.arange(past, past + T, device=idx.device)
@@ -339,14 +356,7 @@ class GPT(nn.Module):
             x = block(x, rope=rope, cache=cache, layer=i)
         if cache is not None:
             cache.length += T
-        logits = self.lm_head(self.transformer.ln_f(x))
-        loss = None
-        if targets is not None:
-            targets = targets.reshape(-1).long()
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets,
-                                   ignore_index=-100, reduction="sum")
-            loss = loss / (targets != -100).sum().clamp(min=1)
-        return logits, loss
+        return self.transformer.ln_f(x)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         p = next(self.parameters())

@@ -523,3 +523,12 @@ def test_loss_ignores_minus_100_and_is_zero_when_every_target_is():
     empty.backward()
     assert empty.item() == 0.0
     assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+
+
+def test_hidden_states_are_what_the_head_reads():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16)).eval()
+    x = torch.randint(50, (2, 8))
+    h = model.hidden_states(x)
+    assert h.shape == (2, 8, 16)
+    torch.testing.assert_close(model.lm_head(h), model(x)[0], rtol=0, atol=0)
