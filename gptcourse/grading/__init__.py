@@ -193,6 +193,39 @@ def exact_int(expected: int, got: Any) -> str | None:
     return None
 
 
+def as_number(got: Any, what: str = "") -> float | str:
+    """``got`` as a Python float -- a number, a numpy scalar, or a one-element tensor/array --
+    or the reason it is not one (``what`` names it in the message, e.g. " for the loss")."""
+    import numpy as np
+    import torch
+
+    if isinstance(got, (torch.Tensor, np.ndarray)):
+        size = got.size if isinstance(got, np.ndarray) else got.numel()
+        if size != 1:
+            return f"expected a single number{what}, got an array of shape {tuple(got.shape)}"
+        got = got.item()
+    if isinstance(got, (np.floating, np.integer)):
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        return f"expected a number{what}, got {type(got).__name__}"
+    return float(got)
+
+
+def scalar(rel: float, abs_: float = 0.0) -> Callable[[Any, Any], str | None]:
+    """A comparison for one-number answers: ``math.isclose(got, expected, rel_tol=rel,
+    abs_tol=abs_)``, accepting anything :func:`as_number` accepts."""
+
+    def compare(expected, got):
+        g = as_number(got)
+        if isinstance(g, str):
+            return g
+        if not math.isclose(g, float(expected), rel_tol=rel, abs_tol=abs_):
+            return f"{g!r} instead of {float(expected)!r} (relative tolerance {rel:g})"
+        return None
+
+    return compare
+
+
 def close(atol: float, rtol: float = 1e-5) -> Callable[[Any, Any], str | None]:
     """A comparison for tensor answers: same shape, and ``allclose(got, expected, rtol, atol)``
     (``atol=0, rtol=0`` is exact). A bool ``expected`` needs a bool answer, equal exactly."""

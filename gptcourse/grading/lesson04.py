@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import GPT, MLP, Block, GPTConfig
-from . import Case, Task, close, exact_int, register
+from . import Case, Task, close, exact_int, register, scalar
 
 
 def _config(n_embd: int, n_head: int = 1, **kw) -> GPTConfig:
@@ -72,17 +72,7 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 _close = close
 
 
-def _scalar(expected, got):
-    if isinstance(got, torch.Tensor):
-        if got.numel() != 1:
-            return f"expected a single number (a 0-dim tensor or a float), got shape {tuple(got.shape)}"
-        got = got.item()
-    if not isinstance(got, (int, float)):
-        return f"expected a number, got {type(got).__name__}"
-    e = float(expected)
-    if not math.isclose(got, e, rel_tol=1e-5, abs_tol=1e-6):
-        return f"{got:.6g} instead of {e:.6g}"
-    return None
+_scalar = scalar(1e-5, 1e-6)
 
 
 # -- cases -----------------------------------------------------------------------------------

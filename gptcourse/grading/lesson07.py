@@ -13,7 +13,7 @@ from torch import nn
 
 from ..model import GPT, GPTConfig
 from ..train import lr_at, optimizer_groups
-from . import Case, Task, close, register
+from . import Case, Task, as_number, close, register, scalar
 
 # -- references: the library's pieces ---------------------------------------------------------
 
@@ -83,26 +83,8 @@ def _checkpoint_round_trip(folder: str, model: GPT, optimizer, step: int, new_mo
 # -- comparisons ---------------------------------------------------------------------------
 
 
-def _number(got, what: str = "") -> float | str:
-    if isinstance(got, torch.Tensor):
-        if got.numel() != 1:
-            return f"expected a single number{what}, got a tensor of shape {tuple(got.shape)}"
-        got = got.item()
-    if isinstance(got, bool) or not isinstance(got, (int, float)):
-        return f"expected a number{what}, got {type(got).__name__}"
-    return float(got)
-
-
-def _scalar(rel: float, abs_: float = 0.0):
-    def compare(expected, got):
-        g = _number(got)
-        if isinstance(g, str):
-            return g
-        if not math.isclose(g, expected, rel_tol=rel, abs_tol=abs_):
-            return f"{g!r} instead of {expected!r} (relative tolerance {rel:g})"
-        return None
-
-    return compare
+_number = as_number
+_scalar = scalar
 
 
 def _names(expected, got):
