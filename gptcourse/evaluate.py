@@ -402,9 +402,13 @@ def hellaswag_example(record: Mapping[str, Any], style: str = "plain"
     ctx_a, ctx_b = record.get("ctx_a"), record.get("ctx_b") or ""
     ctx = record.get("ctx")
     if not (isinstance(ctx, str) and ctx.strip()):
-        if not (isinstance(ctx_a, str) and ctx_a.strip()):
-            raise ValueError("record needs a context: 'ctx', or 'ctx_a' (+ 'ctx_b')")
-        ctx = f"{ctx_a} {ctx_b}" if ctx_b else ctx_a
+        if isinstance(ctx_a, str) and ctx_a.strip():
+            ctx = f"{ctx_a} {ctx_b}" if ctx_b else ctx_a
+        elif ctx == "" and ctx_a is None and style == "plain":
+            pass  # no context on purpose: the endings alone (a "without the question" baseline)
+        else:
+            raise ValueError("record needs a context: 'ctx', or 'ctx_a' (+ 'ctx_b'); "
+                             "ctx='' scores the endings alone (style='plain')")
     label = record.get("label")
     if label is None or label == "":
         label = None

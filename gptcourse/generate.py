@@ -388,7 +388,9 @@ def generate_text(
       after the prompt, so a word the prompt starts counts whole) is replaced by the
       filter's ``replacement``. The ids are not redacted: use :func:`generate` for them.
 
-    An empty prompt starts from the tokenizer's end-of-text token.
+    An empty prompt starts from the tokenizer's end-of-text token. Unless ``stop`` is given,
+    generation stops at the tokenizer's end-of-text token, which is left out of the returned
+    text (``stop=()`` runs on through it).
     """
     if isinstance(prompt, str):
         return _generate_one(model, tokenizer, prompt, max_new_tokens, output_filter, kwargs)
@@ -412,9 +414,15 @@ def _generate_one(model, tokenizer, prompt: str, max_new_tokens, output_filter, 
             raise ValueError("the prompt is empty and the tokenizer has no end-of-text token "
                              "to start from; give a prompt")
         ids = [eot]
+    eot = getattr(tokenizer, "eot_id", None)
+    stop_at_eot = "stop" not in kwargs and eot is not None
+    if stop_at_eot:
+        kwargs = {**kwargs, "stop": eot}
     stop_filter = output_filter if output_filter is not None and output_filter.action == "stop" else None
     out = generate(model, ids, max_new_tokens, tokenizer=tokenizer, output_filter=stop_filter, **kwargs)
     new = out[0, len(ids):].tolist()
+    if stop_at_eot and eot in new:  # the text ended there
+        new = new[:new.index(eot)]
     if output_filter is None or stop_filter is not None:
         return tokenizer.decode(new)
     # redact the new text, read after the prompt's tail for whole-word context

@@ -66,6 +66,12 @@ from functools import lru_cache
 from itertools import accumulate
 
 __all__ = [
+    # the grammar's choice tables that lessons read for true probabilities
+    "ACTIVITY",
+    "HOMES",
+    "NAMES",
+    "NAMES_F",
+    "NAMES_M",
     "DEFAULT_STORIES",
     "SEPARATOR",
     "Entropy",

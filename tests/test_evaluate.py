@@ -780,3 +780,27 @@ def test_transformers_style_models_are_scored_the_same(model, records, char_tok)
     theirs = score_choices(HFStyle(m), char_tok, r["ctx"], r["endings"])["sum_logprob"]
     ours = score_choices(m, char_tok, r["ctx"], r["endings"])["sum_logprob"]
     np.testing.assert_allclose(theirs, ours, atol=ATOL, rtol=0)
+
+
+def test_generate_text_stops_at_end_of_text_by_default():
+    from gptcourse.tokenizer import BPETokenizer
+
+    tok = BPETokenizer.train("a b a b a b", 260, special_tokens=["<|endoftext|>"])
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=1, n_embd=8))
+    with torch.no_grad():  # force: always predict <|endoftext|>
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[tok.eot_id] = 1.0
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.transformer.ln_f.weight.zero_()
+    assert generate_text(model, tok, "a b", 5, temperature=0) == ""
+    assert "<|endoftext|>" in generate_text(model, tok, "a b", 3, temperature=0, stop=())
+
+
+def test_an_empty_ctx_scores_the_endings_alone():
+    from gptcourse.evaluate import hellaswag_example
+
+    record = {"ctx": "", "endings": ["one", "two"], "label": 1}
+    assert hellaswag_example(record) == ("", ["one", "two"], 1)
+    with pytest.raises(ValueError, match="needs a context"):
+        hellaswag_example({"endings": ["one", "two"], "label": 1})
