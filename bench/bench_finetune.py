@@ -66,6 +66,7 @@ from gptcourse.finetune.classify import (
     train_classifier,
 )
 from gptcourse.model import GPT, GPTConfig
+from gptcourse.profiles import cpu_threads
 from gptcourse.tokenizer import BPETokenizer, get_tokenizer
 from gptcourse.train import TrainConfig, Trainer
 
@@ -83,14 +84,7 @@ def load() -> str:
 
 
 def pick_threads(requested: int) -> int:
-    if requested > 0:
-        return requested
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:  # pragma: no cover
-        busy = 0.0
-    return max(1, min(cores, cores - int(busy + 0.5)))
+    return requested if requested > 0 else cpu_threads()
 
 
 # --------------------------------------------------------------------------------------

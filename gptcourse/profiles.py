@@ -120,3 +120,16 @@ def online(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) 
             return True
     except OSError:
         return False
+
+
+def cpu_threads() -> int:
+    """How many CPU threads PyTorch should use now: the cores that the 1-minute load average
+    leaves idle (at least 1). On a shared or busy machine, OpenMP threads that wait for cores
+    other programs hold can make a step many times slower than one thread would; on an idle
+    laptop this is simply the number of cores. ``torch.set_num_threads(cpu_threads())``."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows has no load average
+        return cores
+    return max(1, min(cores, cores - int(busy + 0.5)))

@@ -238,3 +238,15 @@ def test_online_is_false_when_nothing_listens():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     assert online("127.0.0.1", port, timeout=1.0) is False
+
+
+def test_cpu_threads_leaves_busy_cores_alone(monkeypatch):
+    import os
+
+    from gptcourse.profiles import cpu_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 0.0, 0.0))
+    assert cpu_threads() == 5  # 8 cores, 3 busy
+    monkeypatch.setattr(os, "getloadavg", lambda: (30.0, 0.0, 0.0))
+    assert cpu_threads() == 1  # never fewer than one

@@ -1,0 +1,268 @@
+"""Exercises of lesson 10, classification fine-tuning: a padding collate, the padding a batch
+plan wastes, last-real-token pooling, classifier logits from a GPT, which parameters train,
+the confusion matrix and precision / recall / F1."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import torch
+
+from ..finetune.classify import (
+    GPTClassifier,
+    classification_metrics,
+    collate,
+    set_trainable,
+)
+from ..model import GPT, GPTConfig
+from . import Case, Task, exact_int, register
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _seqs(seed: int, n: int, vocab: int = 50, max_len: int = 9) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(vocab) for _ in range(rng.randint(1, max_len))] for _ in range(n)]
+
+
+def _labels(seed: int, n: int, k: int = 2) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(k) for _ in range(n)]
+
+
+def _tiny_gpt(seed: int, n_layer: int = 2) -> GPT:
+    with torch.random.fork_rng():  # leave the learner's random state alone
+        torch.manual_seed(seed)
+        cfg = GPTConfig(vocab_size=61, block_size=16, n_layer=n_layer, n_head=2, n_embd=16, dropout=0.0)
+        return GPT(cfg).eval()
+
+
+def _tiny_classifier(seed: int, n_layer: int = 2) -> GPTClassifier:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 1000)
+        return GPTClassifier(_tiny_gpt(seed, n_layer))
+
+
+def _same_tensors(expected, got) -> str | None:
+    """A tuple of integer tensors, each with the same shape, dtype and values."""
+    if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+        return f"expected a tuple of {len(expected)} tensors, got {type(got).__name__}"
+    names = ("ids", "lengths", "labels")
+    for name, e, g in zip(names, expected, got):
+        if not isinstance(g, torch.Tensor):
+            return f"{name}: expected a torch.Tensor, got {type(g).__name__}"
+        if g.shape != e.shape:
+            return f"{name}: shape {tuple(g.shape)} instead of {tuple(e.shape)}"
+        if g.dtype != e.dtype:
+            return f"{name}: dtype {g.dtype} instead of {e.dtype}"
+        if not torch.equal(g, e):
+            return f"{name}: values differ"
+    return None
+
+
+def _close(atol: float):
+    def compare(expected, got):
+        if not isinstance(got, torch.Tensor):
+            return f"expected a torch.Tensor, got {type(got).__name__}"
+        if got.shape != expected.shape:
+            return f"shape {tuple(got.shape)} instead of {tuple(expected.shape)}"
+        if not torch.allclose(got.detach().double(), expected.double(), rtol=1e-5, atol=atol):
+            diff = (got.detach().double() - expected.double()).abs().max()
+            return f"values differ (max abs diff {float(diff):.3g}, tolerance {atol:g})"
+        return None
+
+    return compare
+
+
+def _pair_of_ints(expected, got) -> str | None:
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        return f"expected a (trainable, total) pair of ints, got {got!r:.80}"
+    for name, e, g in zip(("trainable", "total"), expected, got):
+        why = exact_int(e, g)
+        if why:
+            return f"{name}: {why}"
+    return None
+
+
+def _three_floats(expected, got) -> str | None:
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        return f"expected a (precision, recall, f1) tuple, got {got!r:.80}"
+    for name, e, g in zip(("precision", "recall", "f1"), expected, got):
+        try:
+            g = float(g)
+        except (TypeError, ValueError):
+            return f"{name}: expected a number, got {type(g).__name__}"
+        if abs(g - e) > 1e-9:
+            return f"{name}: {g!r} instead of {e!r}"
+    return None
+
+
+# -- 10.1 padding collate ----------------------------------------------------------------------
+
+
+def _pad_batch(seqs, labels, pad_id):
+    batch = collate(list(zip(seqs, labels)), pad_id=pad_id)
+    return batch.ids, batch.lengths, batch.labels
+
+
+def _cases_pad():
+    out = [Case(([[5]], [1], 0), label="one sequence of one token"),
+           Case(([[1, 2, 3], [4, 5, 6]], [0, 1], 99), label="equal lengths: no padding"),
+           Case(([[7, 8], [9]], [1, 0], 50256), label="GPT-2's end-of-text as the pad")]
+    for seed in range(6):
+        n = 1 + seed * 2
+        out.append(Case((_seqs(seed, n), _labels(seed, n), [0, 50256, 3][seed % 3]),
+                        label=f"{n} random sequences"))
+    return out
+
+
+# -- 10.2 padding tokens: fixed vs dynamic -----------------------------------------------------
+
+
+def _padding_waste(lengths, batch_size):
+    # fixed: every batch padded to the longest of all; dynamic: to the longest of its batch
+    seqs = [[0] * n for n in lengths]
+    longest = max(lengths)
+    fixed = dynamic = 0
+    for i in range(0, len(seqs), batch_size):
+        chunk = [(s, 0) for s in seqs[i:i + batch_size]]
+        real = sum(len(s) for s, _ in chunk)
+        fixed += collate(chunk, pad_id=0, pad_to=longest).ids.numel() - real
+        dynamic += collate(chunk, pad_id=0).ids.numel() - real
+    return fixed, dynamic
+
+
+def _cases_waste():
+    out = [Case(([4], 1), label="one text"), Case(([3, 3, 3, 3], 2), label="equal lengths"),
+           Case(([1, 10, 1, 1], 2), label="one long text"), Case(([5, 2, 7], 2), label="a last, short batch")]
+    rng = random.Random(10)
+    for n, b in ((20, 4), (33, 8), (50, 16), (64, 1), (7, 16)):
+        out.append(Case(([rng.randint(1, 120) for _ in range(n)], b), label=f"{n} texts, batch {b}"))
+    return out
+
+
+def _compare_waste(expected, got):
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        return f"expected a (fixed, dynamic) pair of ints, got {got!r:.80}"
+    for name, e, g in zip(("fixed", "dynamic"), expected, got):
+        why = exact_int(e, g)
+        if why:
+            return f"{name}: {why}"
+    return None
+
+
+# -- 10.3 last-real-token pooling --------------------------------------------------------------
+
+
+def _pool_last(hidden, lengths):
+    # what GPTClassifier.features does with pooling="last"
+    return hidden[torch.arange(hidden.size(0)), lengths.long() - 1]
+
+
+def _cases_pool():
+    g = torch.Generator().manual_seed(3)
+    out = [Case((torch.randn(1, 1, 4, generator=g), torch.tensor([1])), label="one token"),
+           Case((torch.randn(2, 5, 3, generator=g), torch.tensor([5, 5])), label="no padding")]
+    for B, T, C in ((3, 6, 4), (4, 9, 8), (8, 16, 5)):
+        lengths = torch.randint(1, T + 1, (B,), generator=g)
+        out.append(Case((torch.randn(B, T, C, generator=g), lengths), label=f"B={B}, T={T}"))
+    return out
+
+
+# -- 10.4 classifier logits --------------------------------------------------------------------
+
+
+def _classifier_logits(backbone, head, ids, lengths):
+    clf = GPTClassifier(copy.deepcopy(backbone), num_classes=head.out_features)
+    clf.head.load_state_dict(head.state_dict())
+    with torch.no_grad():
+        return clf.eval()(ids, lengths)
+
+
+def _cases_logits():
+    out = []
+    for seed, (B, T, k) in enumerate(((1, 4, 2), (3, 7, 2), (4, 12, 3), (2, 16, 2))):
+        g = torch.Generator().manual_seed(40 + seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            head = torch.nn.Linear(16, k)
+        lengths = torch.randint(1, T + 1, (B,), generator=g)
+        ids = torch.randint(0, 61, (B, T), generator=g)
+        ids[torch.arange(T)[None, :] >= lengths[:, None]] = 60  # pads after the text
+        out.append(Case((_tiny_gpt(seed), head, ids, lengths), label=f"B={B}, T={T}, {k} classes"))
+    return out
+
+
+# -- 10.5 which parameters train ---------------------------------------------------------------
+
+
+def _freeze(clf, mode):
+    return set_trainable(clf, mode)
+
+
+def _cases_freeze():
+    return [Case((_tiny_classifier(s, n_layer), mode), label=f"{n_layer} blocks, {mode}")
+            for s, (n_layer, mode) in enumerate(((2, "head"), (2, "last_block"), (3, "last_2"),
+                                                 (2, "all"), (3, "last_block"), (1, "head")))]
+
+
+# -- 10.6 confusion matrix ---------------------------------------------------------------------
+
+
+def _confusion(y_true, y_pred, num_classes=2):
+    return classification_metrics(y_true, y_pred, num_classes=num_classes)["confusion"]
+
+
+def _cases_confusion():
+    out = [Case(([0], [0]), label="one right"), Case(([1, 1], [0, 0]), label="all wrong"),
+           Case(([0, 1, 1, 0], [0, 1, 0, 1])), Case(([2, 0, 1], [2, 2, 1], 3), label="3 classes")]
+    for seed in range(4):
+        n = 10 + 7 * seed
+        k = 2 if seed < 3 else 4
+        out.append(Case((_labels(seed, n, k), _labels(100 + seed, n, k), k), label=f"{n} random, {k} classes"))
+    return out
+
+
+# -- 10.7 precision, recall, F1 ----------------------------------------------------------------
+
+
+def _prf(y_true, y_pred, positive=1):
+    m = classification_metrics(y_true, y_pred, positive=positive)
+    return m["precision"], m["recall"], m["f1"]
+
+
+def _cases_prf():
+    out = [Case(([1, 0, 1, 1], [1, 0, 0, 1]), label="one spam missed"),
+           Case(([0, 0, 0], [0, 0, 0]), label="no spam at all: 0.0 by convention"),
+           Case(([1, 1], [0, 0]), label="no spam predicted"),
+           Case(([0, 0, 1], [1, 1, 1]), label="everything called spam"),
+           Case(([1, 0, 1, 0], [1, 0, 1, 0]), label="perfect"),
+           Case(([1, 0, 1, 0, 0], [0, 0, 1, 1, 0]), {"positive": 0}, label="ham as the positive class")]
+    for seed in range(4):
+        n = 12 + 9 * seed
+        out.append(Case((_labels(seed, n), _labels(50 + seed, n)), label=f"{n} random labels"))
+    return out
+
+
+for _task in (
+    Task("10.1", "pad a batch", _pad_batch, _cases_pad, _same_tensors,
+         hint="ids start as a (B, longest) tensor full of pad_id (torch.long); lengths and labels are "
+              "torch.long tensors of shape (B,)."),
+    Task("10.2", "padding tokens: fixed vs dynamic", _padding_waste, _cases_waste, _compare_waste,
+         hint="batches are consecutive slices of batch_size texts (the last may be shorter); a batch "
+              "padded to width W holds len(batch) * W positions."),
+    Task("10.3", "last-real-token pooling", _pool_last, _cases_pool, _close(0.0),
+         hint="row b's last real token sits at position lengths[b] - 1."),
+    Task("10.4", "classifier logits from a GPT", _classifier_logits, _cases_logits, _close(1e-5),
+         hint="backbone.hidden_states(ids) -> (B, T, C); pool at lengths - 1; then the head. "
+              "Run under torch.no_grad() with the backbone in eval mode."),
+    Task("10.5", "which parameters train", _freeze, _cases_freeze, _pair_of_ints,
+         hint="freeze everything first; 'last_block' and 'last_2' also train the final LayerNorm "
+              "(transformer.ln_f); count tied weights once (iterate clf.parameters())."),
+    Task("10.6", "confusion matrix", _confusion, _cases_confusion,
+         hint="confusion[true][predicted], a list of num_classes lists of ints."),
+    Task("10.7", "precision, recall and F1", _prf, _cases_prf, _three_floats,
+         hint="count tp, fp, fn for the positive class; a ratio whose denominator is 0 is 0.0."),
+):
+    register(_task)
