@@ -209,6 +209,9 @@ def _cases_convert():
     small = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
     wide = GPTConfig(vocab_size=17, block_size=6, n_layer=3, n_head=3, n_embd=12)
     untied = GPTConfig(vocab_size=13, block_size=5, n_layer=1, n_head=1, n_embd=4, tie_weights=False)
+    deep = GPTConfig(vocab_size=23, block_size=10, n_layer=4, n_head=4, n_embd=16)
+    one = GPTConfig(vocab_size=7, block_size=3, n_layer=1, n_head=1, n_embd=4)
+    untied_wide = GPTConfig(vocab_size=19, block_size=7, n_layer=2, n_head=5, n_embd=10, tie_weights=False)
     cases = []
     for n, (cfg, layout, label) in enumerate([
         (small, dict(prefix=False, masks=True, masked_bias=False, head=False),
@@ -221,9 +224,19 @@ def _cases_convert():
         (untied, dict(prefix=True, masks=False, masked_bias=False, head=True),
          "an untied head: lm_head.weight is its own matrix"),
         (untied, dict(prefix=False, masks=True, masked_bias=True, head=True), "untied, no prefix, buffers"),
+        (deep, dict(prefix=True, masks=True, masked_bias=False, head=False), "4 layers, 4 heads, attn.bias masks"),
+        (one, dict(prefix=False, masks=False, masked_bias=True, head=True),
+         "one layer, one head: only masked_bias buffers, tied head stored"),
+        (untied_wide, dict(prefix=True, masks=True, masked_bias=True, head=True),
+         "untied, 5 heads of width 2, every buffer"),
     ]):
         state = _hf_layout(_random_gpt(cfg, 90 + n), **layout)
         cases.append(Case((state, cfg), label=label))
+    # the same file with its keys in reverse order: lm_head / wte must not depend on the order
+    for n, (cfg, prefix) in enumerate([(small, True), (wide, False)]):
+        state = _hf_layout(_random_gpt(cfg, 80 + n), prefix=prefix, masks=True, masked_bias=False, head=False)
+        state = _StateDict(reversed(list(state.items())))
+        cases.append(Case((state, cfg), label=f"keys in reverse order ({cfg.n_layer} layers, tied head not stored)"))
     return cases
 
 
@@ -231,11 +244,15 @@ def _cases_attention():
     g = torch.Generator().manual_seed(93)
     cases = []
     for B, T, C, nh in [(1, 4, 4, 1), (1, 5, 8, 2), (2, 7, 12, 3), (3, 1, 8, 4), (2, 16, 32, 4), (1, 9, 24, 6),
-                        (4, 3, 6, 2), (1, 32, 64, 8)]:
+                        (4, 3, 6, 2), (1, 32, 64, 8), (2, 2, 2, 2), (1, 12, 16, 1), (3, 8, 20, 5)]:
         x = torch.randn(B, T, C, generator=g)
         weight = torch.randn(C, 3 * C, generator=g) / math.sqrt(C)  # Conv1D layout: (in, out)
         bias = 0.5 * torch.randn(3 * C, generator=g)
         cases.append(Case((x, weight, bias, nh), label=f"B={B}, T={T}, C={C}, n_head={nh}"))
+    # large scores: nearly one-hot rows, where a missing 1/sqrt(head_dim) or a wrong mask shows plainly
+    x = 3.0 * torch.randn(2, 10, 16, generator=g)
+    weight, bias = torch.randn(16, 48, generator=g), torch.randn(48, generator=g)
+    cases.append(Case((x, weight, bias, 4), label="B=2, T=10, C=16, n_head=4, large scores (peaked rows)"))
     return cases
 
 
@@ -264,7 +281,8 @@ def _cases_sliding():
     g = torch.Generator().manual_seed(96)
     cases = []
     for n, (block, length, stride) in enumerate([(8, 2, 4), (8, 9, 4), (8, 10, 4), (8, 30, 8), (8, 30, 3),
-                                                 (8, 25, 1), (16, 57, 8), (16, 40, 5), (4, 13, 2)]):
+                                                 (8, 25, 1), (16, 57, 8), (16, 40, 5), (4, 13, 2),
+                                                 (16, 17, 16), (4, 50, 4), (8, 6, 2)]):
         model = _random_gpt(GPTConfig(vocab_size=37, block_size=block, n_layer=1, n_head=2, n_embd=16), 60 + n)
         ids = torch.randint(37, (length,), generator=g)
         cases.append(Case((model, ids, stride), label=f"block_size {block}, {length} tokens, stride {stride}"))
@@ -279,6 +297,10 @@ def _cases_ppl():
     for n, n_bytes in [(1, 4), (50, 180), (1000, 4200), (337, 337), (5000, 20479)]:
         losses = 4.0 * torch.rand(n, generator=g)
         cases.append(Case((losses, n_bytes), label=f"{n} token losses, {n_bytes} bytes"))
+    cases += [Case((torch.tensor([25.0]), 1), label="one very unlikely token: perplexity e^25"),
+              Case((torch.cat([torch.zeros(99), torch.tensor([46.0])]), 250),
+                   label="99 certain tokens and one surprise: the mean, not the max"),
+              Case((6.0 * torch.rand(700, generator=g, dtype=torch.float64), 2900), label="float64 losses")]
     return cases
 
 

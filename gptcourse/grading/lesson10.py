@@ -114,6 +114,11 @@ def _cases_pad():
         n = 1 + seed * 2
         out.append(Case((_seqs(seed, n), _labels(seed, n), [0, 50256, 3][seed % 3]),
                         label=f"{n} random sequences"))
+    out += [Case(([[5, 0, 5], [0], [5, 5, 0, 0]], [1, 0, 1], 0),
+                 label="the pad id also occurs inside the texts (lengths must come from the lists)"),
+            Case(([[1] * 40] + [[2]] * 30 + [[3] * 17], _labels(9, 32, 3), 7), label="one 40-token text among short ones"),
+            Case((_seqs(10, 24, vocab=50257, max_len=64), _labels(10, 24), 50256),
+                 label="24 texts of up to 64 GPT-2 ids")]
     return out
 
 
@@ -139,6 +144,10 @@ def _cases_waste():
     rng = random.Random(10)
     for n, b in ((20, 4), (33, 8), (50, 16), (64, 1), (7, 16)):
         out.append(Case(([rng.randint(1, 120) for _ in range(n)], b), label=f"{n} texts, batch {b}"))
+    out += [Case(([1] * 9, 4), label="every text one token: nothing wasted"),
+            Case((sorted(rng.randint(1, 200) for _ in range(40)), 8),
+                 label="40 texts sorted by length: dynamic padding wastes little"),
+            Case(([rng.randint(1, 1024) for _ in range(100)], 32), label="100 texts up to 1024 tokens, batch 32")]
     return out
 
 
@@ -164,9 +173,15 @@ def _cases_pool():
     g = torch.Generator().manual_seed(3)
     out = [Case((torch.randn(1, 1, 4, generator=g), torch.tensor([1])), label="one token"),
            Case((torch.randn(2, 5, 3, generator=g), torch.tensor([5, 5])), label="no padding")]
-    for B, T, C in ((3, 6, 4), (4, 9, 8), (8, 16, 5)):
+    for B, T, C in ((3, 6, 4), (4, 9, 8), (8, 16, 5), (16, 32, 12), (2, 64, 48)):
         lengths = torch.randint(1, T + 1, (B,), generator=g)
         out.append(Case((torch.randn(B, T, C, generator=g), lengths), label=f"B={B}, T={T}"))
+    out += [Case((torch.randn(1, 10, 6, generator=g), torch.tensor([3])), label="one row, 7 pads after 3 tokens"),
+            Case((torch.randn(5, 7, 3, generator=g), torch.ones(5, dtype=torch.long)),
+                 label="every text one token: position 0"),
+            Case((torch.randn(4, 8, 2, generator=g), torch.tensor([8, 1, 8, 2])), label="full rows and short rows"),
+            Case((torch.randn(6, 5, 4, generator=g, dtype=torch.float64), torch.tensor([5, 4, 3, 2, 1, 5])),
+                 label="float64 hidden states")]
     return out
 
 
@@ -182,15 +197,25 @@ def _classifier_logits(backbone, head, ids, lengths):
 
 def _cases_logits():
     out = []
-    for seed, (B, T, k) in enumerate(((1, 4, 2), (3, 7, 2), (4, 12, 3), (2, 16, 2))):
+    for seed, (B, T, k, n_layer, kind) in enumerate((
+            (1, 4, 2, 2, "random"), (3, 7, 2, 2, "random"), (4, 12, 3, 2, "random"), (2, 16, 2, 2, "random"),
+            (5, 16, 4, 2, "random"), (3, 9, 2, 1, "random"), (2, 11, 5, 3, "random"), (4, 6, 2, 2, "full"),
+            (3, 8, 3, 2, "one"), (2, 1, 2, 2, "full"))):
         g = torch.Generator().manual_seed(40 + seed)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             head = torch.nn.Linear(16, k)
-        lengths = torch.randint(1, T + 1, (B,), generator=g)
+        if kind == "full":
+            lengths = torch.full((B,), T, dtype=torch.long)
+        elif kind == "one":
+            lengths = torch.ones(B, dtype=torch.long)
+        else:
+            lengths = torch.randint(1, T + 1, (B,), generator=g)
         ids = torch.randint(0, 61, (B, T), generator=g)
         ids[torch.arange(T)[None, :] >= lengths[:, None]] = 60  # pads after the text
-        out.append(Case((_tiny_gpt(seed), head, ids, lengths), label=f"B={B}, T={T}, {k} classes"))
+        what = {"random": "", "full": ", no padding", "one": ", one real token per row"}[kind]
+        out.append(Case((_tiny_gpt(seed, n_layer), head, ids, lengths),
+                        label=f"B={B}, T={T}, {k} classes, {n_layer} blocks{what}"))
     return out
 
 
@@ -204,7 +229,9 @@ def _freeze(clf, mode):
 def _cases_freeze():
     return [Case((_tiny_classifier(s, n_layer), mode), label=f"{n_layer} blocks, {mode}")
             for s, (n_layer, mode) in enumerate(((2, "head"), (2, "last_block"), (3, "last_2"),
-                                                 (2, "all"), (3, "last_block"), (1, "head")))]
+                                                 (2, "all"), (3, "last_block"), (1, "head"),
+                                                 (2, "last_2"), (4, "last_2"), (3, "all"), (1, "last_block"),
+                                                 (4, "head")))]
 
 
 # -- 10.6 confusion matrix ---------------------------------------------------------------------
@@ -221,6 +248,9 @@ def _cases_confusion():
         n = 10 + 7 * seed
         k = 2 if seed < 3 else 4
         out.append(Case((_labels(seed, n, k), _labels(100 + seed, n, k), k), label=f"{n} random, {k} classes"))
+    out += [Case(([0, 1, 0, 1], [1, 1, 0, 0], 3), label="3 classes, class 2 never occurs: a row and column of 0s"),
+            Case(([0, 1, 1, 0, 1], [1, 1, 1, 1, 1]), label="everything predicted as class 1"),
+            Case((_labels(7, 60, 5), _labels(107, 60, 5), 5), label="60 random, 5 classes")]
     return out
 
 

@@ -79,6 +79,16 @@ def _format_cases() -> list[Case]:
                     "output": "Bonjour mon ami"},), label="an input of two lines")]
     for r in checkable_tasks(4, seed=11, kinds=("upper", "add", "third_word", "count_words")):
         cases.append(Case((r,), label=f"checkable task ({r['kind']})"))
+    cases += [Case(({"instruction": "Summarise the text.", "input": None, "output": "Short."},),
+                   label="input None: no '### Input:' section"),
+              Case(({"instruction": "Follow both steps.\n1. Read the word.\n2. Spell it backwards.",
+                     "input": "level", "output": "level"},), label="an instruction of three lines"),
+              Case(({"instruction": "Übersetze ins Englische.", "input": "Grüße — wie geht's? 🙂",
+                     "output": "Greetings, how are you?"},), label="non-ASCII instruction and input"),
+              Case(({"instruction": "Repeat the input.", "input": "  spaced  ", "output": "spaced"},),
+                   label="an input with surrounding spaces: kept as it is")]
+    for r in checkable_tasks(2, seed=12, kinds=("sort_words", "subtract")):
+        cases.append(Case((r,), label=f"checkable task ({r['kind']})"))
     return cases
 
 
@@ -91,10 +101,18 @@ def _collate_cases(with_mask: bool) -> list[Case]:
     rng = random.Random(1100 + with_mask)
     fixed = [([([5, 6, 7], [8, 9])], 0), ([([5, 6, 7], [8, 9]), ([1, 2], [3])], 0),
              ([([4], [3, 2, 1]), ([7, 8, 9, 10], [])], 50256), ([([1, 2, 3], [4, 5]), ([6, 7, 8], [9, 10])], 99),
-             (_random_pairs(rng, 3), 0), (_random_pairs(rng, 5), 0)]
+             (_random_pairs(rng, 3), 0), (_random_pairs(rng, 5), 0),
+             ([([7], [])], 0), ([([5, 1, 5], [5, 2]), ([3], [5])], 5),
+             ([([1, 2, 3, 4, 5, 6], [7, 8, 9]), ([1], [2]), ([3, 4], [])], 0),
+             (_random_pairs(rng, 8), 0),
+             ([([rng.randrange(50257) for _ in range(rng.randint(3, 20))],
+                [rng.randrange(50257) for _ in range(rng.randint(0, 12))]) for _ in range(4)], 50256)]
     labels = ["one example: prompt [5, 6, 7], response [8, 9], pad/eot 0", "two examples, the second shorter",
               "a one-token prompt, an empty response, pad 50256", "same lengths: no padding",
-              "3 random examples", "5 random examples"]
+              "3 random examples", "5 random examples",
+              "a one-token prompt and no response: a single position",
+              "pad_id 5 also occurs among the tokens", "the longest example first, then shorter ones",
+              "8 random examples", "4 random longer examples, GPT-2 token ids, pad 50256"]
     if not with_mask:
         return [Case(args, label=label) for args, label in zip(fixed, labels)]
     return [Case((*args, mask), label=f"{label}, mask_prompt={mask}")
@@ -123,7 +141,9 @@ def _lora_forward_cases() -> list[Case]:
     cases = []
     for (batch, in_f, out_f, r, alpha, bias) in [((2, 3), 4, 5, 2, 4.0, True), ((6,), 8, 3, 1, 1.0, True),
                                                 ((2, 2, 4), 16, 12, 4, 8.0, False),
-                                                ((3,), 32, 96, 8, 16.0, True)]:
+                                                ((3,), 32, 96, 8, 16.0, True),
+                                                ((), 6, 4, 2, 2.0, True), ((2, 3, 2), 5, 7, 5, 3.0, True),
+                                                ((4,), 10, 1, 3, 1.5, False), ((5,), 1, 6, 1, 0.5, True)]:
         x = torch.randn(*batch, in_f, generator=g)
         W = torch.randn(out_f, in_f, generator=g) * 0.2
         b = torch.randn(out_f, generator=g) if bias else None
@@ -135,16 +155,31 @@ def _lora_forward_cases() -> list[Case]:
     x, W, b = torch.randn(2, 4, generator=g), torch.randn(3, 4, generator=g), torch.randn(3, generator=g)
     cases.append(Case((x, W, b, torch.randn(2, 4, generator=g), torch.zeros(3, 2), 16.0, 2),
                       label="B = 0: exactly the base layer"))
+    x, b = torch.randn(3, 6, generator=g), torch.randn(4, generator=g)
+    cases.append(Case((x, torch.zeros(4, 6), b, torch.randn(2, 6, generator=g), torch.randn(4, 2, generator=g),
+                       4.0, 2), label="W = 0: only the bias and the low-rank path"))
+    x, W = torch.randn(2, 8, dtype=torch.float64, generator=g), torch.randn(5, 8, dtype=torch.float64, generator=g)
+    cases.append(Case((x, W, torch.randn(5, dtype=torch.float64, generator=g),
+                       torch.randn(3, 8, dtype=torch.float64, generator=g),
+                       torch.randn(5, 3, dtype=torch.float64, generator=g), 6.0, 3), label="float64 tensors"))
     return cases
 
 
 def _merge_cases() -> list[Case]:
     g = torch.Generator().manual_seed(1104)
     cases = []
-    for out_f, in_f, r, alpha in [(3, 4, 1, 1.0), (5, 4, 2, 4.0), (12, 16, 4, 8.0), (96, 32, 8, 16.0)]:
+    for out_f, in_f, r, alpha in [(3, 4, 1, 1.0), (5, 4, 2, 4.0), (12, 16, 4, 8.0), (96, 32, 8, 16.0),
+                                  (1, 1, 1, 2.0), (1, 8, 1, 3.0), (6, 6, 6, 6.0), (10, 3, 2, 0.5),
+                                  (256, 64, 16, 32.0)]:
         cases.append(Case((torch.randn(out_f, in_f, generator=g), torch.randn(r, in_f, generator=g),
                            torch.randn(out_f, r, generator=g), alpha, r),
-                          label=f"W ({out_f}, {in_f}), r={r}, alpha={alpha:g}"))
+                          label=f"W ({out_f}, {in_f}), r={r}, alpha={alpha:g}"
+                                + (", full rank" if r == min(out_f, in_f) > 1 else "")))
+    cases.append(Case((torch.randn(4, 5, generator=g), torch.randn(2, 5, generator=g), torch.zeros(4, 2), 8.0, 2),
+                      label="B = 0: W unchanged"))
+    cases.append(Case((torch.randn(7, 4, dtype=torch.float64, generator=g),
+                       torch.randn(3, 4, dtype=torch.float64, generator=g),
+                       torch.randn(7, 3, dtype=torch.float64, generator=g), 12.0, 3), label="float64 tensors"))
     return cases
 
 
@@ -154,7 +189,12 @@ def _count_cases() -> list[Case]:
             Case((2, 16, ["attn.c_proj"], 4), label="only the attention's output projection"),
             Case((3, 32, ["c_fc"], 8), label="the MLP's first layer (n_embd -> 4 n_embd)"),
             Case((4, 64, ["c_attn", "c_proj", "c_fc"], 8), label="every linear layer of the blocks"),
-            Case((12, 128, ["c_attn"], 16), label="12 layers, n_embd 128, c_attn, r=16")]
+            Case((12, 128, ["c_attn"], 16), label="12 layers, n_embd 128, c_attn, r=16"),
+            Case((2, 16, ["mlp.c_proj"], 4), label="only the MLP's output projection (4 n_embd -> n_embd)"),
+            Case((1, 4, ["attn.c_attn"], 1), label="'attn.c_attn' names the same layer as 'c_attn'; r=1"),
+            Case((3, 24, ["c_fc", "mlp.c_proj"], 2), label="the whole MLP"),
+            Case((2, 32, ["attn.c_attn", "attn.c_proj"], 32), label="the whole attention, r = n_embd"),
+            Case((6, 48, ["c_proj"], 3), label="'c_proj' alone: both projections of 6 layers")]
 
 
 def _check_cases() -> list[Case]:

@@ -262,6 +262,20 @@ def _cases_mc():
         for r in records:
             _fits(model, tok, r["ctx"], r["endings"])
         cases.append(Case((model, tok, records, norm), label=f"{len(records)} records with {k} endings, norm={norm!r}"))
+    one = [{"ind": 0, "ctx": "The cat sat in the", "endings": ["sun.", "pond.", "garden."], "label": 2}]
+    cases.append(Case((_gpt(68, tok.vocab_size, 64), tok, one, "chars"), label="a single record: accuracy 0 or 1"))
+    ties = [{"ind": i, "ctx": ctx, "endings": [e, e, other], "label": lab}
+            for i, (ctx, e, other, lab) in enumerate([("Tom went to the park.", "came by.", "sun.", 0),
+                                                      ("The end", "The end.", "dog", "0"),
+                                                      ("Just then, his mom", "felt very sad.", "garden.", 2)])]
+    for norm in ("tokens", "chars"):
+        cases.append(Case((_gpt(69, tok.vocab_size, 64), tok, ties, norm),
+                          label=f"two identical endings tie: the first index wins, norm={norm!r}"))
+    records = _records(rng, 12, 3)
+    model = _gpt(67, tok.vocab_size, 64, scale=6.0, pos_encoding="rope")
+    for r in records:
+        _fits(model, tok, r["ctx"], r["endings"])
+    cases.append(Case((model, tok, records, "tokens"), label="rope, 12 records with 3 endings, norm='tokens'"))
     return cases
 
 
@@ -275,6 +289,10 @@ def _cases_bootstrap():
         values = (rng.random(n) < rng.uniform(0.2, 0.9)).astype(float)
         cases.append(Case((values, boot, alpha, seed), label=f"{n} answers (0/1), n_boot {boot}, alpha {alpha}, seed {seed}"))
     cases.append(Case((rng.normal(3.0, 1.0, 60), 800, 0.05, 8), label="60 real-valued scores (not only 0/1)"))
+    cases.append(Case((np.array([0.7]), 100, 0.05, 9), label="a single value: every resample is that value"))
+    cases.append(Case((np.array([1.0, 0.0, 0.0, 1.0, 1.0]), 1, 0.05, 10), label="n_boot 1: low and high are the same mean"))
+    cases.append(Case((np.zeros(25), 300, 0.2, 11), label="all wrong: the interval is (0, 0)"))
+    cases.append(Case((rng.normal(-2.0, 5.0, 9), 777, 0.9, 12), label="9 negative-leaning scores, alpha 0.9: a narrow interval"))
     return cases
 
 
@@ -316,6 +334,18 @@ def _cases_probe():
                            rng.choice(["Then {X} ran to the", "{X} felt very", "One day, {X} went to the"]),
                            {"a": fillers[:2], "b": fillers[2:4], "c": fillers[4:]}, rng.sample(_ENDINGS, 3)),
                           label="a random GPT, three groups"))
+    cases.append(Case((_gpt(76, tok.vocab_size, 64), tok, "The {X} sat in the", {"x": ["cat"], "y": ["cat"]},
+                       ["sun.", "pond."]), label="two groups with the same filler: gap 0, favours the first group"))
+    cases.append(Case((_gpt(77, tok.vocab_size, 64), tok, "One day, {X} went to the", {"girl": ["a girl"], "boy": ["Tom"]},
+                       ["park."]), label="one filler per group and a single completion"))
+    cases.append(Case((_gpt(78, tok.vocab_size, 64, scale=4.0, pos_encoding="rope"), tok, "The dog and {X}",
+                       {"cat": ["the cat", "Lily"], "mom": ["his mom"]}, ["ran to the pond.", "sun.", "dog", "came by."]),
+                      label="rope, four completions, the placeholder last"))
+    fillers = ["Lily", "Tom", "Mia", "Ben", "the cat", "the dog", "a girl", "his mom"]
+    rng.shuffle(fillers)
+    cases.append(Case((_gpt(79, tok.vocab_size, 64, scale=8.0), tok, "{X} felt very",
+                       {"g1": fillers[:3], "g2": fillers[3:4], "g3": fillers[4:6], "g4": fillers[6:]},
+                       ["sad.", "garden.", "sun."]), label="four groups of sizes 3, 1, 2, 2"))
     for c in cases:
         model, tok_, template, groups, completions = c.args
         for fillers in groups.values():
