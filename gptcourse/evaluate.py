@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .generate import OutputFilter, generate_text
+from .generate import OutputFilter, encode_or_eot, generate_text
 
 __all__ = [
     "HELLASWAG_HUB_ID",
@@ -319,13 +319,7 @@ def score_choices(model, tokenizer, context: str, endings: Sequence[str], *,
     for i, e in enumerate(endings):
         if not isinstance(e, str) or not e.strip():
             raise ValueError(f"ending {i} must be a non-empty string, got {e!r}")
-    ctx = list(tokenizer.encode(context)) if context else []
-    if not ctx:
-        eot = getattr(tokenizer, "eot_id", None)
-        if eot is None:
-            raise ValueError("the context is empty and the tokenizer has no end-of-text token "
-                             "to condition on; give a context")
-        ctx = [eot]
+    ctx = encode_or_eot(tokenizer, context, "context")
     ends = [list(tokenizer.encode(delimiter + e)) for e in endings]
     longest = max(len(e) for e in ends)
     block = _block_size(model)

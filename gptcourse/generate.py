@@ -367,6 +367,19 @@ def generate(
     return torch.cat([prompt, torch.stack(steps, dim=1)], dim=1)
 
 
+def encode_or_eot(tokenizer, text: str, what: str = "prompt") -> list[int]:
+    """The ids of ``text``; an empty text is the tokenizer's end-of-text token alone (where
+    documents start), so a model can be conditioned on "nothing"."""
+    ids = list(tokenizer.encode(text)) if text else []
+    if ids:
+        return ids
+    eot = getattr(tokenizer, "eot_id", None)
+    if eot is None:
+        raise ValueError(f"the {what} is empty and the tokenizer has no end-of-text token to "
+                         f"start from; give a {what}")
+    return [eot]
+
+
 def generate_text(
     model: GPT,
     tokenizer,
@@ -407,13 +420,7 @@ def _generate_one(model, tokenizer, prompt: str, max_new_tokens, output_filter, 
     for key in ("tokenizer", "idx", "output_filter"):
         if key in kwargs:
             raise TypeError(f"generate_text() takes no {key}= keyword argument here")
-    ids = tokenizer.encode(prompt)
-    if not ids:
-        eot = getattr(tokenizer, "eot_id", None)
-        if eot is None:
-            raise ValueError("the prompt is empty and the tokenizer has no end-of-text token "
-                             "to start from; give a prompt")
-        ids = [eot]
+    ids = encode_or_eot(tokenizer, prompt, "prompt")
     eot = getattr(tokenizer, "eot_id", None)
     stop_at_eot = "stop" not in kwargs and eot is not None
     if stop_at_eot:
