@@ -7,6 +7,7 @@
     gptcourse presets               the named training runs
     gptcourse tokenizer-demo        train a BPE tokenizer on a real corpus and show it at work
     gptcourse grade NOTEBOOK...     execute exercise notebooks and print their score tables
+    gptcourse serve --checkpoint RUN | --pretrained gpt2   an OpenAI-compatible HTTP API
     gptcourse info                  Python, torch, profile, device and data cache
 
 Under torchrun the same ``train`` runs data-parallel:
@@ -312,6 +313,12 @@ def _cmd_tokenizer_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from . import serve
+
+    return serve.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptcourse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -388,9 +395,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, default=900, help="seconds per cell")
     p.set_defaults(func=_cmd_grade)
 
+    p = sub.add_parser("serve", help="serve a model with an OpenAI-compatible HTTP API",
+                       description="POST /v1/completions and /v1/chat/completions, GET "
+                       "/v1/models and /health, on http://HOST:PORT (default 127.0.0.1:8000).")
+    _serve_arguments(p)
+    p.set_defaults(func=_cmd_serve)
+
     p = sub.add_parser("info", help="environment, profile, device and data cache")
     p.set_defaults(func=_cmd_info)
     return parser
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``serve``, kept in :func:`gptcourse.serve.add_arguments` (that module
+    imports the web stack only when it runs)."""
+    from .serve import add_arguments
+
+    add_arguments(p)
 
 
 def _split_overrides(extra: list[str]) -> dict[str, object]:
