@@ -8,6 +8,7 @@
     gptcourse tokenizer-demo        train a BPE tokenizer on a real corpus and show it at work
     gptcourse grade NOTEBOOK...     execute exercise notebooks and print their score tables
     gptcourse serve --checkpoint RUN | --pretrained gpt2   an OpenAI-compatible HTTP API
+    gptcourse chat --checkpoint RUN | --pretrained gpt2 | --url URL   chat in the terminal
     gptcourse info                  Python, torch, profile, device and data cache
 
 Under torchrun the same ``train`` runs data-parallel:
@@ -313,6 +314,12 @@ def _cmd_tokenizer_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from . import chat
+
+    return chat.run(args)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from . import serve
 
@@ -400,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "/v1/models and /health, on http://HOST:PORT (default 127.0.0.1:8000).")
     _serve_arguments(p)
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("chat", help="chat in the terminal with a model or a running server",
+                       description="Streamed answers and a history; /reset clears it, /quit "
+                       "exits. In this process (--checkpoint, --pretrained) or via --url.")
+    from .chat import add_arguments as _chat_arguments
+
+    _chat_arguments(p)
+    p.set_defaults(func=_cmd_chat)
 
     p = sub.add_parser("info", help="environment, profile, device and data cache")
     p.set_defaults(func=_cmd_info)

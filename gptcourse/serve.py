@@ -484,6 +484,40 @@ def create_app(model, tokenizer, *, model_name: str = "gptcourse",
 # --------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def background(app, host: str = "127.0.0.1", port: int = 0, timeout: float = 20.0
+               ) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a background thread; yields the base URL
+    (``http://host:port``; ``port=0`` picks a free one) and stops the server on exit.
+    For notebooks, tests and benchmarks; ``gptcourse serve`` runs in the foreground.
+
+    The socket is created with ``IPPROTO_TCP`` so asyncio sets ``TCP_NODELAY`` on accepted
+    connections, as ``uvicorn.run`` does (with protocol 0 it does not, and every keep-alive
+    response waits ~40 ms for a delayed ACK)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError(f"uvicorn did not start on {host}:{sock.getsockname()[1]}")
+            time.sleep(0.02)
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
 def load_for_serving(checkpoint: str | os.PathLike | None = None, pretrained: str | None = None,
                      device: str | None = None):
     """``(model, tokenizer, model_name)`` from a course checkpoint (a run or checkpoint folder)

@@ -4,7 +4,6 @@ server with the openai client, concurrency and client disconnects."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from gptcourse.finetune.instruct import format_prompt, messages_to_prompt  # noqa: E402
 from gptcourse.model import GPT, GPTConfig  # noqa: E402
-from gptcourse.serve import _held_back, create_app  # noqa: E402
+from gptcourse.serve import _held_back, background, create_app  # noqa: E402
 from gptcourse.tokenizer import get_tokenizer  # noqa: E402
 
 CAP = 64
@@ -236,25 +235,9 @@ def test_streams_equal_the_non_streamed_answer(client):
 @pytest.fixture(scope="module")
 def server(model, tokenizer):
     """A uvicorn server on a free loopback port, in a thread; stopped after the tests."""
-    import uvicorn
-
     app = create_app(model, tokenizer, model_name="tiny", max_tokens_cap=CAP)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    yield app, f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
-    assert not thread.is_alive()
+    with background(app) as url:
+        yield app, url
 
 
 def test_the_openai_client_talks_to_a_real_server(server):
