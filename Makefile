@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_prepare.py
 	$(PY) bench/bench_train.py overhead --steps 200 --rounds 5
 	$(PY) bench/bench_train.py shakespeare-char --quiet
+	$(PY) bench/bench_serve.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check gptcourse tests bench
