@@ -284,8 +284,8 @@ for _task in [
               "else (text, False)"),
     Task("13.3", "the pieces a streaming server sends", _stream_pieces, _cases_pieces,
          hint="text = ''.join(tokens[:k+1]) after each token; if a stop string occurs: cut at the earliest, "
-              "finish 'stop', break; safe = len(text) - held_back(text, stops); if safe > sent: send "
-              "text[sent:safe], sent = safe. At the end send text[sent:] if it is not empty"),
+              "finish 'stop', break; safe = len(text) - held_back(text, stops); whenever safe exceeds what "
+              "was sent, send the new part up to safe. At the end send what is left, if anything"),
     Task("13.4", "a chat chunk as a server-sent event", _chat_chunk, _cases_chunk, compare=_event,
          hint="delta = {'role': 'assistant', 'content': ''} if role else ({'content': content} if content is "
               "not None else {}); 'data: ' + json.dumps({**head, 'choices': [{'index': 0, 'delta': delta, "
