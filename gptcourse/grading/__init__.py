@@ -226,6 +226,46 @@ def scalar(rel: float, abs_: float = 0.0) -> Callable[[Any, Any], str | None]:
     return compare
 
 
+def ints(*names: str) -> Callable[[Any, Any], str | None]:
+    """A comparison for a tuple of counts, e.g. ``ints("trainable", "total")``: each entry
+    compared with :func:`exact_int`, the message naming the entry."""
+
+    def compare(expected, got):
+        if not isinstance(got, (tuple, list)) or len(got) != len(names):
+            return f"expected a tuple ({', '.join(names)}) of ints, got {got!r:.80}"
+        for name, e, g in zip(names, expected, got):
+            why = exact_int(e, g)
+            if why:
+                return f"{name}: {why}"
+        return None
+
+    return compare
+
+
+def tensors(*names: str) -> Callable[[Any, Any], str | None]:
+    """A comparison for a tuple of integer tensors, e.g. ``tensors("inputs", "targets")``: each
+    with the expected shape, dtype and values; the message gives the first differing position."""
+    import torch
+
+    def compare(expected, got):
+        if not isinstance(got, (tuple, list)) or len(got) != len(names):
+            return f"expected a tuple ({', '.join(names)}) of tensors, got {type(got).__name__}"
+        for name, e, g in zip(names, expected, got):
+            if not isinstance(g, torch.Tensor):
+                return f"{name}: expected a torch.Tensor, got {type(g).__name__}"
+            if g.shape != e.shape:
+                return f"{name}: shape {tuple(g.shape)} instead of {tuple(e.shape)}"
+            if g.dtype != e.dtype:
+                return f"{name}: dtype {g.dtype} instead of {e.dtype}"
+            if not torch.equal(g, e):
+                where = tuple((g != e).nonzero()[0].tolist())
+                return (f"{name} differ first at index {where}: {g[where].item()} instead of "
+                        f"{e[where].item()}")
+        return None
+
+    return compare
+
+
 def close(atol: float, rtol: float = 1e-5) -> Callable[[Any, Any], str | None]:
     """A comparison for tensor answers: same shape, and ``allclose(got, expected, rtol, atol)``
     (``atol=0, rtol=0`` is exact). A bool ``expected`` needs a bool answer, equal exactly."""

@@ -16,7 +16,7 @@ from ..finetune.classify import (
     set_trainable,
 )
 from ..model import GPT, GPTConfig
-from . import Case, Task, exact_int, register
+from . import Case, Task, ints, register, tensors
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -44,21 +44,7 @@ def _tiny_classifier(seed: int, n_layer: int = 2) -> GPTClassifier:
         return GPTClassifier(_tiny_gpt(seed, n_layer))
 
 
-def _same_tensors(expected, got) -> str | None:
-    """A tuple of integer tensors, each with the same shape, dtype and values."""
-    if not isinstance(got, (tuple, list)) or len(got) != len(expected):
-        return f"expected a tuple of {len(expected)} tensors, got {type(got).__name__}"
-    names = ("ids", "lengths", "labels")
-    for name, e, g in zip(names, expected, got):
-        if not isinstance(g, torch.Tensor):
-            return f"{name}: expected a torch.Tensor, got {type(g).__name__}"
-        if g.shape != e.shape:
-            return f"{name}: shape {tuple(g.shape)} instead of {tuple(e.shape)}"
-        if g.dtype != e.dtype:
-            return f"{name}: dtype {g.dtype} instead of {e.dtype}"
-        if not torch.equal(g, e):
-            return f"{name}: values differ"
-    return None
+_same_tensors = tensors("ids", "lengths", "labels")
 
 
 def _close(atol: float):
@@ -75,14 +61,7 @@ def _close(atol: float):
     return compare
 
 
-def _pair_of_ints(expected, got) -> str | None:
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        return f"expected a (trainable, total) pair of ints, got {got!r:.80}"
-    for name, e, g in zip(("trainable", "total"), expected, got):
-        why = exact_int(e, g)
-        if why:
-            return f"{name}: {why}"
-    return None
+_pair_of_ints = ints("trainable", "total")
 
 
 def _three_floats(expected, got) -> str | None:
@@ -151,14 +130,7 @@ def _cases_waste():
     return out
 
 
-def _compare_waste(expected, got):
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        return f"expected a (fixed, dynamic) pair of ints, got {got!r:.80}"
-    for name, e, g in zip(("fixed", "dynamic"), expected, got):
-        why = exact_int(e, g)
-        if why:
-            return f"{name}: {why}"
-    return None
+_compare_waste = ints("fixed", "dynamic")
 
 
 # -- 10.3 last-real-token pooling --------------------------------------------------------------

@@ -13,7 +13,7 @@ from torch import nn
 from ..finetune.instruct import check_response, checkable_tasks, collate_instructions, format_prompt
 from ..finetune.lora import LoRALinear, apply_lora, trainable_parameters
 from ..model import GPT, GPTConfig
-from . import Case, Task, close, exact_int, register
+from . import Case, Task, close, exact_int, register, tensors
 
 # -- references --------------------------------------------------------------------------------
 
@@ -119,21 +119,7 @@ def _collate_cases(with_mask: bool) -> list[Case]:
             for mask in (True, False) for args, label in zip(fixed, labels)]
 
 
-def _compare_xy(expected: Any, got: Any) -> str | None:
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        return f"expected a pair (inputs, targets), got {type(got).__name__}"
-    for name, e, g in zip(("inputs", "targets"), expected, got):
-        if not isinstance(g, torch.Tensor):
-            return f"{name}: expected a torch.Tensor, got {type(g).__name__}"
-        if g.shape != e.shape:
-            return f"{name}: shape {tuple(g.shape)} instead of {tuple(e.shape)}"
-        if g.dtype != torch.long:
-            return f"{name}: dtype {g.dtype} instead of torch.int64 (torch.long)"
-        if not torch.equal(g, e):
-            row, col = (g != e).nonzero()[0].tolist()
-            return (f"{name} differ first at row {row}, position {col}: {int(g[row, col])} instead of "
-                    f"{int(e[row, col])} (expected row {e[row].tolist()})")
-    return None
+_compare_xy = tensors("inputs", "targets")
 
 
 def _lora_forward_cases() -> list[Case]:
