@@ -106,10 +106,10 @@ def _train(spec, resume: bool = False, quiet_setup: bool = False):
             raise ValueError(f"{out_dir} already holds checkpoints: pass --resume to continue "
                              "that run, or choose another --out-dir")
     trainer = Trainer(config, train, val, spec.train, tokenizer=tokenizer, resume=resume)
+    import torch
+
     if trainer.device_type == "cpu" and not ddp.enabled and "OMP_NUM_THREADS" not in os.environ:
         # threads that wait for cores other programs hold make each step many times slower
-        import torch
-
         from .profiles import cpu_threads
 
         torch.set_num_threads(cpu_threads())
@@ -127,16 +127,10 @@ def _train(spec, resume: bool = False, quiet_setup: bool = False):
         print(f"train: {spec.train.max_steps:,} steps x {trainer.tokens_per_step:,} tokens "
               f"on {trainer.device} ({str(trainer.dtype).removeprefix('torch.')}, "
               f"{ddp.world_size} process{'es' if ddp.world_size > 1 else ''}"
-              + (f", {_torch_threads()} threads" if trainer.device_type == "cpu" else "")
+              + (f", {torch.get_num_threads()} threads" if trainer.device_type == "cpu" else "")
               + f") -> {out_dir}")
     trainer.fit()
     return trainer
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _report(trainer) -> None:

@@ -553,7 +553,7 @@ class Trainer:
             with self._autocast():
                 _, loss = self.model(x, y)
             scored = (y != -100).sum()  # targets of -100 (padding, masked prompts) do not count
-            total[0] += torch.nan_to_num(loss.double()) * scored  # nan: nothing scored
+            total[0] += loss.double() * scored  # a batch with nothing scored has loss 0
             total[1] += scored
         self.model.train(was_training)
         total = self.ddp.all_sum(total)

@@ -22,7 +22,6 @@ from gptcourse.finetune.classify import (
     collate,
     encode_text,
     evaluate_classifier,
-    gpt_hidden_states,
     load_sms_spam,
     plot_confusion,
     plot_history,
@@ -200,7 +199,7 @@ def test_empty_text_is_an_error():
 def test_hidden_states_give_the_logits():
     clf = classifier()
     x = torch.randint(0, 100, (2, 10), generator=torch.Generator().manual_seed(0))
-    h = gpt_hidden_states(clf.backbone, x)
+    h = clf.backbone.hidden_states(x)
     torch.testing.assert_close(clf.backbone.lm_head(h), clf.backbone(x)[0], atol=ATOL, rtol=0)
 
 
@@ -216,7 +215,7 @@ def test_pooling_reads_real_tokens_only(pooling):
         alone = clf(torch.tensor([seq]))  # no padding: every position is real
         torch.testing.assert_close(batched[row], alone[0], atol=ATOL, rtol=0)
     if pooling == "last":  # the head reads position lengths - 1
-        h = gpt_hidden_states(clf.backbone, ids)
+        h = clf.backbone.hidden_states(ids)
         torch.testing.assert_close(clf.features(ids, lengths)[1], h[1, 2], atol=0, rtol=0)
 
 

@@ -54,7 +54,6 @@ __all__ = [
     "collate",
     "encode_text",
     "evaluate_classifier",
-    "gpt_hidden_states",
     "load_sms_spam",
     "plot_confusion",
     "plot_history",
@@ -296,12 +295,6 @@ class ClassificationDataset(Dataset):
 # --------------------------------------------------------------------------------------
 
 
-def gpt_hidden_states(model: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """The final hidden states (B, T, n_embd) of a :class:`GPT` (:meth:`GPT.hidden_states`):
-    ``GPT.forward`` without the vocabulary head."""
-    return model.hidden_states(idx)
-
-
 class GPTClassifier(nn.Module):
     """A GPT backbone and a linear head on one pooled hidden state per text.
 
@@ -336,7 +329,7 @@ class GPTClassifier(nn.Module):
     def features(self, ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled final hidden states (B, n_embd); ``lengths`` (B,) counts real tokens per row
         (``None``: every position is real)."""
-        h = gpt_hidden_states(self.backbone, ids)
+        h = self.backbone.hidden_states(ids)
         B, T, _ = h.shape
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long, device=h.device)

@@ -139,11 +139,9 @@ def _interval(expected, got):
     if not isinstance(got, list | tuple) or len(got) != 2:
         return f"expected a pair (low, high), got {type(got).__name__}"
     for what, e, g in zip(("low", "high"), expected, got):
-        v = _float(g, f" for {what}")
-        if isinstance(v, str):
-            return v
-        if not math.isclose(v, e, rel_tol=1e-9, abs_tol=1e-12):
-            return f"{what} is {v!r} instead of {e!r}"
+        why = _scalar(1e-9, 1e-12)(e, g)
+        if why:
+            return f"{what}: {why}"
     return None
 
 
