@@ -31,6 +31,27 @@ It needs the weights: offline without a local copy it stops with a message sayin
 (head only / last block / last two blocks / all / LoRA r=8, alpha=16 on every linear layer of
 the blocks) and prints test accuracy, F1, trainable parameters and seconds of each.
 
+``instruct`` measures lesson 11's offline recipe (instruction fine-tuning of a small course
+GPT) and what decides whether SFT teaches a *rule* or memorises examples:
+
+1. Raschka's 1,100 instruction records split 935 / 55 / 110, and ``checkable_splits``:
+   ``--checkable`` (default 27,000) checkable training records, 90 held-out (10 per kind), 45
+   for validation, all disjoint;
+2. a byte-level BPE of 1,024 tokens and a 4-layer, 4-head, 128-wide GPT (block 192, ``--pos``
+   learned or rope) pretrained ``--pretrain-steps`` (500) steps of 12 x 192 tokens, lr 3e-3, on
+   3,000 generated stories and the plain text (no template) of the 935 Alpaca training records
+   and of every checkable training record (so both runs of ``--compare`` start from the same
+   model; the lesson also keeps 2% of this text aside for a validation loss);
+3. SFT with ``sft`` (prompt masked, lr 2e-3 cosine to 2e-4, batch 16, ``--sft-steps`` 3000) on
+   the Alpaca training records plus the checkable training records;
+4. the response loss on held-out Alpaca and checkable records, and exact-match accuracy (greedy,
+   ``check_response``) on the 90 held-out checkable records and on the first 90 training
+   records (10 per kind; in both SFT sets of ``--compare``).
+
+``--compare N`` fine-tunes a second copy of the same pretrained model on only the first ``N``
+checkable training records (same steps): seen many times, they are memorised (training accuracy
+high, held-out low); ``--checkable`` records seen about once teach the rule.
+
 Threads: on a shared 2-core machine OpenMP threads wait for each other when other jobs run
 (a step can take 10x longer); ``--threads 0`` (default) uses one thread per core that the
 1-minute load average leaves free (at least 1).
@@ -39,6 +60,7 @@ Threads: on a shared 2-core machine OpenMP threads wait for each other when othe
     python bench/bench_finetune.py spam --table            # the options table
     python bench/bench_finetune.py spam --model gpt2       # GPT-2 124M (online or cached; GPU)
     python bench/bench_finetune.py spam --quick            # a few steps: does it run?
+    python bench/bench_finetune.py instruct --compare 2700 # lesson 11's recipe, 2,700 vs 27,000
 """
 
 from __future__ import annotations
@@ -64,6 +86,16 @@ from gptcourse.finetune.classify import (
     set_trainable,
     split_dataset,
     train_classifier,
+)
+from gptcourse.finetune.instruct import (
+    CHECKABLE_KINDS,
+    checkable_accuracy,
+    checkable_splits,
+    format_prompt,
+    load_instruction_data,
+    response_loss,
+    sft,
+    split_records,
 )
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.profiles import cpu_threads
@@ -156,15 +188,137 @@ def finetune(backbone: GPT, tok, splits, mode: str, args, course: bool) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
+# --------------------------------------------------------------------------------------
+# Instruction fine-tuning (lesson 11's offline recipe)
+# --------------------------------------------------------------------------------------
+
+
+def plain_text(record) -> str:
+    """A record as ordinary text, no template: pretraining material."""
+    return "\n".join(x for x in (record["instruction"], record["input"], record["output"]) if x)
+
+
+def instruct_base(args) -> tuple[GPT, BPETokenizer, dict, dict]:
+    from gptcourse import stories
+
+    t0 = time.perf_counter()
+    alpaca = dict(zip(("train", "val", "test"), split_records(load_instruction_data())))
+    checkable = checkable_splits(max(args.checkable, args.compare or 0), 90, n_val=45)
+    texts = ([s.text for s in stories.generate(3000, seed=0)]
+             + [plain_text(r) for r in alpaca["train"] + checkable["train"]])
+    sample = "\n".join(texts[::3] + [format_prompt(r) for r in alpaca["train"][:200]])
+    tok = BPETokenizer.train(sample, args.vocab, special_tokens=["<|endoftext|>"])
+    ids: list[int] = []
+    for text in texts:
+        ids += [tok.eot_id] + tok.encode(text)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=192, n_layer=args.layers,
+                    n_head=args.heads, n_embd=args.embd, pos_encoding=args.pos)
+    with tempfile.TemporaryDirectory() as tmp:
+        tc = TrainConfig(out_dir=tmp, max_steps=args.pretrain_steps, batch_size=12, lr=3e-3,
+                         min_lr=3e-4, warmup_steps=max(1, min(20, args.pretrain_steps // 5)),
+                         beta2=0.99, eval_interval=10**9, log_interval=25, checkpoints=False,
+                         plots=False, progress=args.progress, seed=args.seed, device=args.device)
+        trainer = Trainer(cfg, TokenShards.from_ids(ids, tok.vocab_size), None, tc, tokenizer=tok)
+        history = trainer.fit()
+        trainer.close()
+    logs = [(r["step"], r["loss"]) for r in history if "loss" in r]
+    info = {"tokenizer": tok.name, "pretrain_tokens": len(ids), "pretrain_steps": args.pretrain_steps,
+            "pretrain_losses": logs, "pretrain_seconds": time.perf_counter() - t0,
+            "parameters": trainer.model.num_params(), "pos_encoding": args.pos}
+    return trainer.model.eval(), tok, info, {"alpaca": alpaca, "checkable": checkable}
+
+
+def instruct_sft(base: GPT, tok, data: dict, n_checkable: int, args) -> dict:
+    import warnings
+
+    t0 = time.perf_counter()
+    model = copy.deepcopy(base).train()
+    alpaca, checkable = data["alpaca"], data["checkable"]
+    ck_train = checkable["train"][:n_checkable]
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the Alpaca records too long for block 192 are dropped
+        tc = TrainConfig(out_dir=tmp, max_steps=args.sft_steps, batch_size=16, lr=2e-3, min_lr=2e-4,
+                         warmup_steps=max(1, min(10, args.sft_steps // 10)), weight_decay=0.0,
+                         eval_interval=10**9, eval_batches=0, log_interval=25, checkpoints=False,
+                         plots=False, progress=args.progress, seed=args.seed, device=args.device)
+        trainer = sft(model, tok, alpaca["train"] + ck_train, None, tc, mask_prompt=True,
+                      long_prompts="drop")
+        trainer.close()
+    seconds = time.perf_counter() - t0
+    model.eval()
+    losses = [r["loss"] for r in trainer.history if "loss" in r]
+    seen = ck_train[:90]  # 10 of each kind (record i has kind i % 9)
+    held_out = checkable["test"]
+    test_acc = checkable_accuracy(model, tok, held_out, max_new_tokens=24, progress=False)
+    return {
+        "checkable_records": n_checkable, "sft_steps": args.sft_steps,
+        "passes": args.sft_steps * 16 / (len(alpaca["train"]) + n_checkable),
+        "train_loss_last": sum(losses[-4:]) / len(losses[-4:]),
+        "loss_alpaca_test": response_loss(model, tok, alpaca["test"], long_prompts="drop")["loss"],
+        "loss_checkable_test": response_loss(model, tok, held_out)["loss"],
+        "loss_checkable_seen": response_loss(model, tok, seen)["loss"],
+        "accuracy_seen": checkable_accuracy(model, tok, seen, max_new_tokens=24,
+                                            progress=False)["accuracy"],
+        "accuracy_test": test_acc["accuracy"],
+        "per_kind": {k: test_acc["per_kind"][k]["accuracy"] for k in CHECKABLE_KINDS},
+        "sft_seconds": seconds,
+    }
+
+
+def run_instruct(args) -> None:
+    threads = pick_threads(args.threads)
+    torch.set_num_threads(threads)
+    t0, load_start = time.perf_counter(), load()
+    base, tok, info, data = instruct_base(args)
+    logs = info["pretrain_losses"]
+    print(f"course model: {info['parameters']:,} parameters ({args.pos} positions), {tok.name}; "
+          f"pretrained {args.pretrain_steps} steps (loss {logs[0][1]:.3f} -> {logs[-1][1]:.3f}) in "
+          f"{info['pretrain_seconds']:.1f} s; threads {threads}; load {load_start}")
+    rows = []
+    for n in [args.checkable] + ([args.compare] if args.compare else []):
+        row = instruct_sft(base, tok, data, n, args)
+        rows.append(row)
+        print(f"  {n:,} checkable records ({row['passes']:.1f} passes): held-out accuracy "
+              f"{row['accuracy_test']:.1%}, on training records {row['accuracy_seen']:.1%}; "
+              f"response loss held-out {row['loss_checkable_test']:.3f} vs seen "
+              f"{row['loss_checkable_seen']:.3f}; SFT {row['sft_seconds']:.0f} s", flush=True)
+    wall, load_end = time.perf_counter() - t0, load()
+    print()
+    print("| checkable training records | passes | last training loss | response loss, seen | "
+          "response loss, held-out | accuracy, seen | accuracy, held-out | Alpaca test loss |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['checkable_records']:,} | {r['passes']:.1f} | {r['train_loss_last']:.3f} | "
+              f"{r['loss_checkable_seen']:.3f} | {r['loss_checkable_test']:.3f} | "
+              f"{r['accuracy_seen']:.1%} | {r['accuracy_test']:.1%} | {r['loss_alpaca_test']:.3f} |")
+    print("\nheld-out accuracy per kind:")
+    for r in rows:
+        print(f"  {r['checkable_records']:>6,}: " + ", ".join(f"{k} {v:.0%}" for k, v in r["per_kind"].items()))
+    print(f"\nwall time {wall:.1f} s in all; load average {load_start} at the start, {load_end} at the end")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"task": "instruct", "info": info, "rows": rows, "wall_seconds": wall,
+                       "threads": threads, "load_start": load_start, "load_end": load_end,
+                       "args": vars(args)}, f, indent=2)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("task", choices=["spam"])
+    ap.add_argument("task", choices=["spam", "instruct"])
     ap.add_argument("--model", default="course",
                     help="course (pretrain a small GPT here), gpt2, gpt2-medium or a local HF folder")
     ap.add_argument("--table", action="store_true", help="every option: head .. lora")
     ap.add_argument("--mode", default=None, help=f"one of {MODES} (default: all)")
-    ap.add_argument("--pretrain-steps", type=int, default=400)
+    ap.add_argument("--pretrain-steps", type=int, default=None,
+                    help="spam: 400 (default), instruct: 500")
+    ap.add_argument("--sft-steps", type=int, default=3000, help="instruct: SFT steps")
+    ap.add_argument("--checkable", type=int, default=27000,
+                    help="instruct: checkable training records")
+    ap.add_argument("--compare", type=int, default=None,
+                    help="instruct: also fine-tune on only this many checkable records")
+    ap.add_argument("--pos", choices=["learned", "rope"], default="learned",
+                    help="instruct: position encoding of the course model")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
@@ -179,8 +333,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--progress", action="store_true", help="progress bars")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
+    if args.pretrain_steps is None:
+        args.pretrain_steps = 500 if args.task == "instruct" else 400
     if args.quick:
-        args.pretrain_steps, args.max_steps = 5, 5
+        args.pretrain_steps, args.max_steps, args.sft_steps = 5, 5, 5
+        args.checkable = min(args.checkable, 90)
+        args.compare = args.compare and min(args.compare, 45)
+    if args.task == "instruct":
+        if args.model != "course" or args.table or args.mode:
+            ap.error("instruct runs the course model only (no --model, --table or --mode)")
+        run_instruct(args)
+        return
     if args.mode is not None and args.mode not in MODES:
         ap.error(f"--mode must be one of {MODES}")
     threads = pick_threads(args.threads)

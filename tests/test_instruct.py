@@ -26,6 +26,7 @@ from gptcourse.finetune.instruct import (
     InstructionData,
     check_response,
     checkable_accuracy,
+    checkable_splits,
     checkable_tasks,
     collate_instructions,
     encode_record,
@@ -379,6 +380,34 @@ def test_checkable_tasks_are_deterministic_balanced_and_distinct():
     assert a == checkable_tasks(45, seed=0) and a != checkable_tasks(45, seed=1)
     assert [r["kind"] for r in a[:9]] == list(CHECKABLE_KINDS)
     assert len({(r["instruction"], r["input"]) for r in a}) == 45
+
+
+def test_checkable_splits_are_disjoint_balanced_and_deterministic():
+    sets = checkable_splits(900, 90, n_val=20, seed=0)
+    assert sets == checkable_splits(900, 90, n_val=20, seed=0)
+    assert sets["train"] == checkable_tasks(900, seed=0)
+    assert [len(sets[k]) for k in ("train", "val", "test")] == [900, 20, 90]
+    keys = {k: {(r["instruction"], r["input"]) for r in v} for k, v in sets.items()}
+    assert len(keys["val"]) == 20 and len(keys["test"]) == 90          # distinct within each
+    assert not (keys["train"] & keys["test"] or keys["train"] & keys["val"] or keys["val"] & keys["test"])
+    assert [r["kind"] for r in sets["test"]] == list(CHECKABLE_KINDS) * 10  # interleaved, 10 per kind
+
+
+def test_checkable_splits_find_unseen_records_of_a_crowded_kind():
+    # 4,000 of the 5,202 distinct "add" records go to training; 60 more must still be found
+    sets = checkable_splits(4000, 60, n_val=0, kinds=["add"])
+    assert len(sets["test"]) == 60 and sets["val"] == []
+    assert not {(r["instruction"], r["input"]) for r in sets["test"]} & {
+        (r["instruction"], r["input"]) for r in sets["train"]}
+
+
+def test_checkable_splits_errors():
+    with pytest.raises(ValueError, match="multiple of the 9 kinds"):
+        checkable_splits(90, 10)
+    with pytest.raises(ValueError, match="n_train must be a non-negative int"):
+        checkable_splits(-1, 9)
+    with pytest.raises(ValueError, match="cannot find 300 records of kinds \\['add'\\]"):
+        checkable_splits(5000, 300, n_val=0, kinds=["add"])
 
 
 def test_checkable_outputs_are_right():

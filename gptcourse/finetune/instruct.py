@@ -77,6 +77,7 @@ __all__ = [
     "InstructionData",
     "check_response",
     "checkable_accuracy",
+    "checkable_splits",
     "checkable_tasks",
     "collate_instructions",
     "encode_record",
@@ -730,8 +731,8 @@ def checkable_tasks(n: int, seed: int = 0,
     (of a listed or a made-up word).
     Record ``i`` has kind ``kinds[i % len(kinds)]`` (balanced), two phrasings per kind, words
     from a fixed list of 100 common words; each record carries its ``kind`` and a canonical
-    ``output``. A pure function of ``(n, seed, kinds)``; use different seeds for training and
-    held-out sets (:func:`split_records` for disjoint ones).
+    ``output``. A pure function of ``(n, seed, kinds)``; :func:`checkable_splits` gives disjoint
+    training and held-out sets.
     """
     kinds = tuple(CHECKABLE_KINDS if kinds is None else kinds)
     unknown = [k for k in kinds if k not in _INSTRUCTIONS]
@@ -753,6 +754,59 @@ def checkable_tasks(n: int, seed: int = 0,
         seen.add((r["instruction"], r["input"]))
         out.append({**r, "kind": kind})
     return out
+
+
+def checkable_splits(n_train: int, n_test: int, n_val: int = 45, seed: int = 0,
+                     kinds: Sequence[str] | None = None) -> dict[str, list[dict[str, str]]]:
+    """Disjoint ``train`` / ``val`` / ``test`` sets of checkable instructions.
+
+    ``train`` is ``checkable_tasks(n_train, seed)``; ``val`` and ``test`` hold only records
+    whose (instruction, input) pair is not in ``train`` nor in each other, drawn from other
+    seeds. ``test`` has ``n_test // len(kinds)`` records of each kind, kinds interleaved
+    (``n_test`` must be a multiple of the number of kinds, so every kind is measured on as many
+    records). A pure function of its arguments.
+
+    How many *distinct* training records there are matters more than how many steps train on
+    them: a small model that sees a few thousand records many times memorises them (training
+    loss near 0, held-out loss high), while one that sees tens of thousands about once has to
+    learn the rule (copy, reverse, count) -- lesson 11 and ``bench/bench_finetune.py instruct``
+    measure it.
+    """
+    kinds = tuple(CHECKABLE_KINDS if kinds is None else kinds)
+    for name, n in (("n_train", n_train), ("n_test", n_test), ("n_val", n_val)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {n!r}")
+    if kinds and n_test % len(kinds):
+        raise ValueError(f"n_test must be a multiple of the {len(kinds)} kinds (the same number of "
+                         f"test records per kind), got {n_test}")
+    train = checkable_tasks(n_train, seed=seed, kinds=kinds)
+    seen = {(r["instruction"], r["input"]) for r in train}
+
+    def fresh(n_per_kind: int, offset: int) -> list[list[dict[str, str]]]:
+        """n_per_kind unseen records of each kind (marked seen), as one list per kind."""
+        per_kind: dict[str, list[dict[str, str]]] = {k: [] for k in kinds}
+        for attempt in range(1, 9):
+            try:
+                batch = checkable_tasks(len(kinds) * n_per_kind * 2 * attempt,
+                                        seed=seed + offset + 1000 * attempt, kinds=kinds)
+            except ValueError:  # more than the kinds have distinct records
+                break
+            for r in batch:
+                key = (r["instruction"], r["input"])
+                if key not in seen and len(per_kind[r["kind"]]) < n_per_kind:
+                    seen.add(key)
+                    per_kind[r["kind"]].append(r)
+            if all(len(v) == n_per_kind for v in per_kind.values()):
+                return list(per_kind.values())
+        short = [k for k, v in per_kind.items() if len(v) < n_per_kind]
+        raise ValueError(f"cannot find {n_per_kind} records of kinds {short} that are not in the "
+                         f"{n_train} training records; ask for fewer")
+
+    test_by_kind = fresh(n_test // len(kinds), 1) if n_test else [[] for _ in kinds]
+    test = [lst[i] for i in range(n_test // len(kinds)) for lst in test_by_kind]
+    val_by_kind = fresh(-(-n_val // len(kinds)), 2) if n_val else [[] for _ in kinds]
+    val = [lst[i] for i in range(-(-n_val // len(kinds))) for lst in val_by_kind][:n_val]
+    return {"train": train, "val": val, "test": test}
 
 
 def _normalise(text: str, case_sensitive: bool) -> str:
