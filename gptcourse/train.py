@@ -817,7 +817,15 @@ class Trainer:
         return self.history
 
     def close(self) -> None:
-        """Leave the process group (under torchrun)."""
+        """Leave the process group (under torchrun): wait until every rank is done, drop the
+        DDP wrapper (it holds the group), then destroy the group while the interpreter is fully
+        alive. A group left for interpreter shutdown to clean up can abort a rank at exit
+        (gloo's worker threads: "terminate called without an active exception", SIGABRT)."""
         if self.ddp.enabled and dist.is_initialized():
+            import gc
+
+            dist.barrier()
+            self.train_model = self.model
+            gc.collect()
             dist.destroy_process_group()
 
