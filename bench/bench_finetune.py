@@ -72,9 +72,11 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 
 import torch
 
+from gptcourse import stories
 from gptcourse.data import TokenShards
 from gptcourse.finetune.classify import (
     SPAM_LABELS,
@@ -124,6 +126,22 @@ def pick_threads(requested: int) -> int:
 # --------------------------------------------------------------------------------------
 
 
+def pretrain(cfg: GPTConfig, ids: list[int], tok, args, t0: float, **train) -> tuple[GPT, dict]:
+    """Pretrain a GPT of ``cfg`` on ``ids`` with ``Trainer`` (``train``: TrainConfig settings);
+    the model in eval mode and what the scripts report about it (seconds since ``t0``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tc = TrainConfig(out_dir=tmp, max_steps=args.pretrain_steps, eval_interval=10**9,
+                         log_interval=25, checkpoints=False, plots=False, progress=args.progress,
+                         seed=args.seed, **train)
+        trainer = Trainer(cfg, TokenShards.from_ids(ids, tok.vocab_size), None, tc, tokenizer=tok)
+        history = trainer.fit()
+        trainer.close()
+    info = {"tokenizer": tok.name, "pretrain_tokens": len(ids), "pretrain_steps": args.pretrain_steps,
+            "pretrain_losses": [(r["step"], r["loss"]) for r in history if "loss" in r],
+            "pretrain_seconds": time.perf_counter() - t0, "parameters": trainer.model.num_params()}
+    return trainer.model.eval(), info
+
+
 def course_model(train_texts: list[str], args) -> tuple[GPT, BPETokenizer, dict]:
     """BPE on the training texts, then a small GPT pretrained on them (see the docstring)."""
     t0 = time.perf_counter()
@@ -133,20 +151,9 @@ def course_model(train_texts: list[str], args) -> tuple[GPT, BPETokenizer, dict]
         ids += tok.encode_ordinary(text) + [tok.eot_id]
     cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=args.layers, n_head=args.heads,
                     n_embd=args.embd, dropout=0.1)
-    shards = TokenShards.from_ids(ids, tok.vocab_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        tc = TrainConfig(out_dir=tmp, max_steps=args.pretrain_steps, batch_size=8, lr=2e-3,
-                         warmup_steps=max(1, args.pretrain_steps // 10), weight_decay=0.1,
-                         eval_interval=10**9, log_interval=25, checkpoints=False, plots=False,
-                         progress=args.progress, seed=args.seed, device="cpu")
-        trainer = Trainer(cfg, shards, None, tc)
-        history = trainer.fit()
-        trainer.close()
-    logs = [(r["step"], r["loss"]) for r in history if "loss" in r]
-    info = {"tokenizer": tok.name, "pretrain_tokens": len(ids), "pretrain_steps": args.pretrain_steps,
-            "pretrain_losses": logs,
-            "pretrain_seconds": time.perf_counter() - t0, "parameters": trainer.model.num_params()}
-    return trainer.model.eval(), tok, info
+    model, info = pretrain(cfg, ids, tok, args, t0, batch_size=8, lr=2e-3, weight_decay=0.1,
+                           warmup_steps=max(1, args.pretrain_steps // 10), device="cpu")
+    return model, tok, info
 
 
 def pretrained_model(name: str) -> tuple[GPT, object, dict]:
@@ -199,8 +206,6 @@ def plain_text(record) -> str:
 
 
 def instruct_base(args) -> tuple[GPT, BPETokenizer, dict, dict]:
-    from gptcourse import stories
-
     t0 = time.perf_counter()
     alpaca = dict(zip(("train", "val", "test"), split_records(load_instruction_data())))
     checkable = checkable_splits(max(args.checkable, args.compare or 0), 90, n_val=45)
@@ -213,24 +218,12 @@ def instruct_base(args) -> tuple[GPT, BPETokenizer, dict, dict]:
         ids += [tok.eot_id] + tok.encode(text)
     cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=192, n_layer=args.layers,
                     n_head=args.heads, n_embd=args.embd, pos_encoding=args.pos)
-    with tempfile.TemporaryDirectory() as tmp:
-        tc = TrainConfig(out_dir=tmp, max_steps=args.pretrain_steps, batch_size=12, lr=3e-3,
-                         min_lr=3e-4, warmup_steps=max(1, min(20, args.pretrain_steps // 5)),
-                         beta2=0.99, eval_interval=10**9, log_interval=25, checkpoints=False,
-                         plots=False, progress=args.progress, seed=args.seed, device=args.device)
-        trainer = Trainer(cfg, TokenShards.from_ids(ids, tok.vocab_size), None, tc, tokenizer=tok)
-        history = trainer.fit()
-        trainer.close()
-    logs = [(r["step"], r["loss"]) for r in history if "loss" in r]
-    info = {"tokenizer": tok.name, "pretrain_tokens": len(ids), "pretrain_steps": args.pretrain_steps,
-            "pretrain_losses": logs, "pretrain_seconds": time.perf_counter() - t0,
-            "parameters": trainer.model.num_params(), "pos_encoding": args.pos}
-    return trainer.model.eval(), tok, info, {"alpaca": alpaca, "checkable": checkable}
+    model, info = pretrain(cfg, ids, tok, args, t0, batch_size=12, lr=3e-3, beta2=0.99,
+                           warmup_steps=max(1, min(20, args.pretrain_steps // 5)), device=args.device)
+    return model, tok, {**info, "pos_encoding": args.pos}, {"alpaca": alpaca, "checkable": checkable}
 
 
 def instruct_sft(base: GPT, tok, data: dict, n_checkable: int, args) -> dict:
-    import warnings
-
     t0 = time.perf_counter()
     model = copy.deepcopy(base).train()
     alpaca, checkable = data["alpaca"], data["checkable"]
