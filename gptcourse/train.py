@@ -6,8 +6,12 @@ One optimizer step of :meth:`Trainer.fit` is
    ``(seed, step)`` (:meth:`gptcourse.data.TokenShards.random_offsets`), so a resumed run sees
    the same batches, and under DDP each rank takes its own slice of the same global batch;
 2. ``grad_accum`` micro-batches of forward + backward (mixed precision where it pays; DDP's
-   gradient all-reduce only on the last one, ``no_sync`` before), each loss divided by
-   ``grad_accum`` so the gradient is that of the mean loss;
+   gradient all-reduce only on the last one, ``no_sync`` before). Each micro-batch's mean loss
+   is weighted by its share of the step's scored targets (those not -100, counted over every
+   micro-batch and rank), so the gradient is that of the mean loss over all scored tokens of
+   the global batch -- not a mean of per-batch means, which would over-weight a short SFT
+   answer. When every token is scored (pretraining) the weight is exactly ``1 / grad_accum``,
+   and results are bit-identical to dividing by ``grad_accum``;
 3. stop on a NaN/inf loss (naming the step; no checkpoint is written after it);
 4. clip the global gradient norm, set the learning rate (linear warmup, cosine decay), AdamW
    step (weight decay only on matrices, fused on CUDA).
@@ -471,8 +475,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def micro_batches(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's ``grad_accum`` micro-batches of optimizer step ``step``.
+    def micro_batches(self, step: int, on_device: bool = True
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's ``grad_accum`` micro-batches of optimizer step ``step`` (on the
+        training device, or as the data returns them with ``on_device=False``).
 
         The global batch's offsets depend only on ``(seed, step)``; micro-batch ``m`` of rank
         ``r`` is slice ``r * grad_accum + m`` of it, so N processes with ``grad_accum=A`` see
@@ -483,10 +489,11 @@ class Trainer:
         for m in range(c.grad_accum):
             k = self.ddp.rank * c.grad_accum + m
             x, y = self.train_data.windows(offsets[k * c.batch_size:(k + 1) * c.batch_size], T)
-            yield self._to_device(x), self._to_device(y)
+            yield (self._to_device(x), self._to_device(y)) if on_device else (x, y)
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step; returns its loss (mean over the global batch), lr, grad norm."""
+        """One optimizer step; returns its loss (the mean over the global batch's scored
+        targets), lr and gradient norm."""
         c = self.config
         self.train_model.train()
         lr = self.lr()
@@ -494,7 +501,15 @@ class Trainer:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
-        for m, (x, y) in enumerate(self.micro_batches(self.step)):
+        batches = list(self.micro_batches(self.step, on_device=False))
+        # the step's loss is the mean over ALL its scored targets, on every micro-batch and rank
+        scored = [int((y != -100).sum()) for _, y in batches]
+        total = sum(scored)
+        if self.ddp.enabled:
+            total = int(self.ddp.all_sum(torch.tensor(total, dtype=torch.int64,
+                                                      device=self.device)))
+        for m, (x, y) in enumerate(batches):
+            x, y = self._to_device(x), self._to_device(y)
             tokens += x.numel()  # padded SFT batches can be shorter than block_size
             last = m == c.grad_accum - 1
             sync = contextlib.nullcontext() if last or not self.ddp.enabled \
@@ -502,7 +517,12 @@ class Trainer:
             with sync:
                 with self._autocast():
                     _, loss = self.train_model(x, y)
-                loss = loss / c.grad_accum
+                # DDP averages gradients over ranks, so weight n_m / total by world_size; the
+                # divisor is exactly grad_accum when every token is scored (bit-identical)
+                if scored[m]:
+                    loss = loss / (total / (scored[m] * self.ddp.world_size))
+                else:  # nothing to learn here, but DDP still needs this backward
+                    loss = loss * 0.0
                 self.scaler.scale(loss).backward()
             loss_sum += loss.detach().float()
         loss_value = float(self.ddp.all_mean(loss_sum))
