@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import validate
 from .generate import OutputFilter, encode_or_eot, generate_text
 
 __all__ = [
@@ -126,9 +127,7 @@ def _eval_mode(model):
 
 
 def _check_int(name: str, value: object, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
+    return validate.integer(name, value, min=low)
 
 
 def _as_batch(ids, device: torch.device) -> torch.Tensor:

@@ -24,6 +24,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import validate
+
 __all__ = [
     "PowerLaw",
     "best_lr",
@@ -37,9 +39,7 @@ __all__ = [
 
 
 def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    return float(value)
+    return validate.number(name, value, finite=False)
 
 
 def log_grid(lo: float, hi: float, n: int) -> list[float]:
@@ -51,8 +51,7 @@ def log_grid(lo: float, hi: float, n: int) -> list[float]:
     [0.0001, 0.000316, 0.001, 0.003162, 0.01]
     """
     lo, hi = _number("lo", lo), _number("hi", hi)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    n = validate.integer("n", n, min=1)
     if lo <= 0 or hi <= 0:
         raise ValueError(f"a log grid needs positive ends, got lo={lo}, hi={hi}")
     if n == 1:

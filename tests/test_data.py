@@ -70,15 +70,22 @@ def test_too_short_input(n):
         SlidingWindowDataset(IDS[:n], block_size=5)
 
 
-@pytest.mark.parametrize("block", [0, -1, 2.0, True, None])
+@pytest.mark.parametrize("block", [0, -1])
 def test_bad_block_size(block):
-    with pytest.raises(ValueError, match="block_size"):
+    with pytest.raises(ValueError, match="block_size must be >= 1"):
         SlidingWindowDataset(IDS, block)
 
 
-@pytest.mark.parametrize("stride", [0, -2, 1.5, False])
-def test_bad_stride(stride):
-    with pytest.raises(ValueError, match="stride"):
+@pytest.mark.parametrize("block", [2.0, True, None])
+def test_block_size_of_the_wrong_type(block):
+    with pytest.raises(TypeError, match="block_size must be an int"):
+        SlidingWindowDataset(IDS, block)
+
+
+@pytest.mark.parametrize(("stride", "error"), [(0, ValueError), (-2, ValueError),
+                                               (1.5, TypeError), (False, TypeError)])
+def test_bad_stride(stride, error):
+    with pytest.raises(error, match="stride"):
         SlidingWindowDataset(IDS, 4, stride)
 
 

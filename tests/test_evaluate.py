@@ -145,9 +145,10 @@ def test_windows_with_stride_equal_block_are_chunks():
     assert sliding_windows(14, 4, 4) == [(0, 4, 0), (4, 4, 0), (8, 4, 0), (12, 1, 0)]
 
 
-@pytest.mark.parametrize("stride", [5, 0, -1, 2.0])
-def test_bad_stride_rejected(stride):
-    with pytest.raises(ValueError, match="stride"):
+@pytest.mark.parametrize(("stride", "error"), [(5, ValueError), (0, ValueError),
+                                               (-1, ValueError), (2.0, TypeError)])
+def test_bad_stride_rejected(stride, error):
+    with pytest.raises(error, match="stride"):
         sliding_windows(20, 4, stride)
 
 

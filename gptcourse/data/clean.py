@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import validate
+
 __all__ = [
     "DEFAULT_BLOCKLIST",
     "DEFAULT_BLOCKLIST_TERMS",
@@ -267,9 +269,7 @@ class QualityFilter:
 
     def __post_init__(self) -> None:
         for name in ("min_chars", "min_words", "repetition_min_words"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+            validate.integer(name, getattr(self, name), min=0)
         for lo, hi in (("min_chars", "max_chars"), ("min_words", "max_words"),
                        ("min_mean_word_length", "max_mean_word_length")):
             a, b = getattr(self, lo), getattr(self, hi)

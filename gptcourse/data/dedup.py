@@ -34,6 +34,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from .. import validate
 from .clean import normalize
 
 __all__ = [
@@ -159,12 +160,9 @@ class MinHash:
 
     def __init__(self, num_perm: int = 128, ngram: int = 5, seed: int = 0,
                  shingle: str = "word") -> None:
-        if isinstance(num_perm, bool) or not isinstance(num_perm, int) or num_perm < 1:
-            raise ValueError(f"num_perm must be a positive int, got {num_perm!r}")
-        if isinstance(ngram, bool) or not isinstance(ngram, int) or ngram < 1:
-            raise ValueError(f"ngram must be a positive int, got {ngram!r}")
-        if shingle not in ("word", "char"):
-            raise ValueError(f"shingle must be 'word' or 'char', got {shingle!r}")
+        num_perm = validate.integer("num_perm", num_perm, min=1)
+        ngram = validate.integer("ngram", ngram, min=1)
+        shingle = validate.choice("shingle", shingle, ("word", "char"))
         self.num_perm, self.ngram, self.seed, self.shingle = num_perm, ngram, seed, shingle
         rng = np.random.default_rng(seed)
         self.a = rng.integers(1, int(MERSENNE_61), size=num_perm, dtype=np.uint64)
@@ -311,8 +309,7 @@ def optimal_bands(threshold: float, num_perm: int, *, fp_weight: float = 0.5,
     """
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold!r}")
-    if isinstance(num_perm, bool) or not isinstance(num_perm, int) or num_perm < 1:
-        raise ValueError(f"num_perm must be a positive int, got {num_perm!r}")
+    num_perm = validate.integer("num_perm", num_perm, min=1)
     s_lo = np.linspace(0.0, threshold, 201)
     s_hi = np.linspace(threshold, 1.0, 201)
     best, best_err = (1, 1), float("inf")
@@ -340,9 +337,8 @@ class LSH:
     MAX_BUCKET = 256
 
     def __init__(self, num_bands: int, rows: int) -> None:
-        for name, v in (("num_bands", num_bands), ("rows", rows)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        num_bands = validate.integer("num_bands", num_bands, min=1)
+        rows = validate.integer("rows", rows, min=1)
         self.num_bands, self.rows = num_bands, rows
         rng = np.random.default_rng(0x5EED)
         self._mult = rng.integers(1, 2**63, size=rows, dtype=np.uint64) | np.uint64(1)

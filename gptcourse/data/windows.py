@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .. import validate
+
 __all__ = ["SlidingWindowDataset", "make_loader"]
 
 
@@ -21,11 +23,8 @@ class SlidingWindowDataset(Dataset):
 
     def __init__(self, ids: Sequence[int] | np.ndarray | torch.Tensor, block_size: int,
                  stride: int | None = None) -> None:
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-        stride = block_size if stride is None else stride
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-            raise ValueError(f"stride must be a positive int, got {stride!r}")
+        block_size = validate.integer("block_size", block_size, min=1)
+        stride = block_size if stride is None else validate.integer("stride", stride, min=1)
         if isinstance(ids, torch.Tensor):
             data = ids.detach().cpu().long().reshape(-1)
         else:
