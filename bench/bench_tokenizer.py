@@ -21,6 +21,14 @@ In one process, side by side, on all of Tiny Shakespeare (``gptcourse.corpora``)
     python bench/bench_tokenizer.py                    # the full run (about a minute on 2 cores)
     python bench/bench_tokenizer.py --repeats 3 --json /tmp/bench_tokenizer.json
     python bench/bench_tokenizer.py --quick            # 100k characters, 2 repeats: does it run?
+    python bench/bench_tokenizer.py --worst-case       # only 3. below (about a minute)
+
+3. **Worst case** (``--worst-case``, instead of 1 and 2): one pre-token of one repeated
+   letter (16 KB, 256 KB, 1 MB of ``"a"``), which is a single chunk for GPT-2's regex, encoded
+   with GPT-2's vocabulary by ``encode`` (the heap merge, :func:`gptcourse.tokenizer.bpe_merge`),
+   by the old encode (the rescan ``BPETokenizer._bpe`` per chunk, O(n^2): timed on 16 KB only,
+   larger sizes extrapolated as n^2) and by tiktoken; and Tiny Shakespeare (normal text) by
+   the same three.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 VOCAB = 2048
 
@@ -76,6 +85,60 @@ def hf_token_bytes(hf_tok) -> set[bytes]:
     return {bytes(decoder[c] for c in token) for token in hf_tok.get_vocab()}
 
 
+def rescan_copy(tok):
+    """A cold copy of ``tok`` that encodes each chunk with the O(n^2) rescan ``_bpe`` (the
+    encode before issue 12), caching chunks as that encode did."""
+    from gptcourse.tokenizer import BPETokenizer
+
+    copy = BPETokenizer(tok.mergeable_ranks, tok.special_tokens, tok.pattern, merges=tok.merges)
+    ranks, cache = copy.mergeable_ranks, {}
+
+    def encode_chunk(chunk: str) -> list[int]:
+        ids = cache.get(chunk)
+        if ids is None:
+            data = chunk.encode("utf-8")
+            ids = cache[chunk] = [ranks[data]] if data in ranks else copy._bpe(data)
+        return ids
+
+    copy._encode_chunk = encode_chunk  # encode_ordinary looks it up on the instance
+    return copy
+
+
+def worst_case() -> int:
+    """Section 3: encode time of one long chunk of one letter, and of normal text."""
+    import tiktoken
+
+    from gptcourse import corpora
+    from gptcourse.tokenizer import BPETokenizer
+
+    gpt2 = BPETokenizer.from_gpt2()
+    tt = tiktoken.get_encoding("gpt2")
+    shakespeare = corpora.load_text("tinyshakespeare")
+    print(f"# tokenizer worst case: one repeated letter, GPT-2 vocabulary, load {load()}", flush=True)
+    print()
+    print("| text | MB | `encode` (heap) s | old `encode` (rescan) s | tiktoken s |")
+    print("|---|---:|---:|---:|---:|")
+    rescan_16k = None
+    for label, text in [("16 KB of 'a'", "a" * (1 << 14)), ("256 KB of 'a'", "a" * (1 << 18)),
+                        ("1 MB of 'a'", "a" * (1 << 20)), ("Tiny Shakespeare", shakespeare)]:
+        mb = len(text.encode("utf-8")) / 1e6
+        fresh = BPETokenizer(gpt2.mergeable_ranks, gpt2.special_tokens, merges=gpt2.merges)
+        heap_s, ids = timed(partial(fresh.encode, text))
+        tt_s, tt_ids = timed(partial(tt.encode, text))
+        assert ids == tt_ids, label
+        if label.startswith("16 KB") or label == "Tiny Shakespeare":
+            old = rescan_copy(gpt2)
+            old_s, old_ids = timed(partial(old.encode, text))
+            assert old_ids == ids, label
+            rescan_16k = old_s if label.startswith("16 KB") else rescan_16k
+            old_cell = f"{old_s:.3f}"
+        else:  # quadratic: (n / 16 KB)^2 times the 16 KB time
+            old_cell = f"~{rescan_16k * (len(text) / (1 << 14)) ** 2:,.0f} (extrapolated)"
+        print(f"| {label} | {mb:.3f} | {heap_s:.3f} | {old_cell} | {tt_s:.3f} |", flush=True)
+    print(f"load average at end {load()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each trainer (default 5)")
@@ -83,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab-size", type=int, default=VOCAB)
     parser.add_argument("--quick", action="store_true", help="100k characters, 2 repeats")
     parser.add_argument("--json", metavar="PATH", help="also save the results as JSON")
+    parser.add_argument("--worst-case", action="store_true",
+                        help="only section 3: one long chunk of one letter, and normal text")
     args = parser.parse_args(argv)
+    if args.worst_case:
+        return worst_case()
 
     import tiktoken
     import tokenizers

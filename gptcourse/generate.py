@@ -6,6 +6,9 @@
 Each step runs the model on the context, takes the logits of the last position, divides them
 by the temperature, keeps the ``top_k`` most likely tokens and/or the smallest set whose
 probability reaches ``top_p``, and samples (``temperature <= 0`` takes the argmax: greedy).
+Extreme values never give NaN: a temperature as small as 5e-324 is greedy, one as large as
+1e300 uniform over the kept tokens, +inf logits share the probability, and top-p always keeps
+the most likely token (the rule is in :func:`_sampling_probs`).
 With ``use_cache=True`` the keys and values of past positions are kept (:class:`KVCache`), so
 each step feeds one token instead of the whole context. Once the context is longer than
 ``block_size`` it is cropped to the last ``block_size`` tokens; with learned positions that
@@ -21,6 +24,7 @@ rewrites text, so it lives in :func:`generate_text`, which returns decoded strin
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -33,28 +37,93 @@ from .model import GPT
 __all__ = ["OutputFilter", "filter_logits", "generate", "generate_text", "stream"]
 
 
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> float:
+    """Validate the sampling arguments; returns ``temperature`` as a float (an int too large
+    for a float becomes ``inf``)."""
     if not isinstance(temperature, (int, float)) or temperature != temperature:
         raise ValueError(f"temperature must be a number, got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
     if top_p is not None and (not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    try:
+        return float(temperature)
+    except OverflowError:  # e.g. 10**400
+        return math.inf if temperature > 0 else -math.inf
+
+
+def _finite_max(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` with a finite maximum in every row and the distribution softmax tends to:
+    a row holding +inf gives all its probability, in equal shares, to its +inf entries
+    (they become 0, the others -inf); a row of only -inf becomes uniform (all 0). Rows with
+    a finite maximum are returned bit for bit."""
+    top = logits.amax(dim=-1, keepdim=True)
+    pos, neg = top == math.inf, top == -math.inf
+    if not bool((pos | neg).any()):
+        return logits
+    zero, ninf = logits.new_zeros(()), logits.new_full((), -math.inf)
+    out = torch.where(pos, torch.where(logits == math.inf, zero, ninf), logits)
+    return torch.where(neg, zero, out)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """Set the logits outside the top-k / nucleus (top-p) set to -inf. ``logits``: (B, V)."""
+    """Set the logits outside the top-k / nucleus (top-p) set to -inf. ``logits``: (..., V).
+
+    ``top_k`` keeps the ``k`` largest logits and any that tie with the k-th. ``top_p`` keeps
+    the most likely tokens until their probability reaches ``top_p``, and always the most
+    likely one, however small ``top_p`` is (even 5e-324, which float32 rounds to 0). +inf
+    logits share all the probability (so top-p keeps among them); a row of only -inf counts
+    as uniform. Never produces NaN from finite or infinite logits.
+    """
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1, None]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the tokens ranked above it already reach top_p
+        probs = torch.softmax(_finite_max(sorted_logits), dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p; never the first
         drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop_sorted[..., 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+#: above this temperature float32 ``logits / temperature`` rounds distinct logits together
+_HUGE_TEMPERATURE = 1e30
+
+
+def _sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None,
+                    top_p: float | None) -> torch.Tensor:
+    """The distribution one sampling step draws from: softmax of the filtered (B, V)
+    ``logits / temperature``, for a temperature > 0.
+
+    Ordinary values (finite logits, 0 < temperature <= 1e30 and no overflow) take the
+    plain float32 path, ``softmax(filter_logits(logits / temperature, top_k, top_p))``.
+    A row where that would give NaN -- the division overflows (temperature below ~1e-38,
+    or subnormal: 1e-45, 5e-324), a logit is +inf, every logit is -inf -- or a temperature
+    above 1e30 (1e300, inf) is computed in float64 on the CPU instead: :func:`_finite_max`,
+    top-k on the logits themselves (dividing by a positive temperature keeps their order),
+    then ``(logits - max) / temperature``, whose maximum is 0, so nothing overflows, then
+    top-p. In exact arithmetic both paths are the same distribution. So a tiny temperature
+    is greedy -- the argmax gets all the probability, shared equally by exact ties -- and a
+    huge one is uniform over the tokens top-k / top-p keep. NaN logits raise ValueError.
+    """
+    ok = None
+    if temperature <= _HUGE_TEMPERATURE:
+        scaled = logits / temperature
+        probs = torch.softmax(filter_logits(scaled, top_k, top_p), dim=-1)
+        ok = scaled.amax(dim=-1, keepdim=True).isfinite() & ~scaled.isnan().any(dim=-1, keepdim=True)
+        if bool(ok.all()):
+            return probs
+    if bool(logits.isnan().any()):
+        raise ValueError("the model's logits contain NaN (a diverged or broken model?), so "
+                         "there is no distribution to sample from")
+    x = filter_logits(_finite_max(logits.detach().cpu().double()), top_k)
+    shift = x - x.amax(dim=-1, keepdim=True)  # <= 0; -inf stays -inf (-inf / inf would be NaN)
+    limit = torch.where(shift == -math.inf, shift, shift / temperature)
+    exact = torch.softmax(filter_logits(limit, top_p=top_p), dim=-1).to(logits.device, logits.dtype)
+    return exact if ok is None else torch.where(ok, probs, exact)
 
 
 def _stop_ids(stop, tokenizer) -> tuple[set[int], list[str]]:
@@ -251,7 +320,7 @@ def stream(
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-    _check_sampling(temperature, top_k, top_p)
+    temperature = _check_sampling(temperature, top_k, top_p)
     stop_ids, stop_strings = _stop_ids(stop, tokenizer)
     idx = _prompt(model, idx)
     fill = _check_output_filter(output_filter, tokenizer, idx.size(0))
@@ -300,8 +369,7 @@ def _steps(model, idx, max_new_tokens, temperature, top_k, top_p, stop_ids, stop
             if temperature <= 0:
                 nxt = logits.argmax(dim=-1)
             else:
-                logits = filter_logits(logits / temperature, top_k, top_p)
-                probs = torch.softmax(logits, dim=-1)
+                probs = _sampling_probs(logits, temperature, top_k, top_p)
                 nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             nxt = torch.where(done, last_stop, nxt)
             if output_filter is not None:

@@ -54,6 +54,8 @@ __all__ = [
     "bytes_to_unicode",
     "get_tokenizer",
     "apply_merges",
+    "bpe_merge",
+    "merge_word",
     "train_merges_naive",
 ]
 
@@ -177,7 +179,7 @@ def train_merges_naive(
         merges.append((pair[0], pair[1], new))
         merged: Counter[tuple[int, ...]] = Counter()
         for w, f in words.items():
-            merged[_merge_word(w, pair, new)] += f
+            merged[merge_word(w, pair, new)] += f
         words = merged
     return merges
 
@@ -198,11 +200,13 @@ def apply_merges(ids: Sequence[int], merges: Sequence[tuple[int, int, int]]) -> 
         best = min(zip(word, word[1:]), key=lambda p: rank.get(p, (float("inf"), 0))[0])
         if best not in rank:
             break
-        word = _merge_word(word, best, rank[best][1])
+        word = merge_word(word, best, rank[best][1])
     return list(word)
 
 
-def _merge_word(word: tuple[int, ...], pair: tuple[int, int], new: int) -> tuple[int, ...]:
+def merge_word(word: Sequence[int], pair: tuple[int, int], new: int) -> tuple[int, ...]:
+    """``word`` with every occurrence of the adjacent ``pair`` replaced by ``new``, left to
+    right without overlaps (``merge_word((1, 1, 1), (1, 1), 9) == (9, 1)``)."""
     a, b = pair
     out: list[int] = []
     i, n = 0, len(word)
@@ -310,6 +314,62 @@ def _train_fast(
     if bar is not None:
         bar.close()
     return merges
+
+
+# --------------------------------------------------------------------------------------
+# Encoding one chunk
+# --------------------------------------------------------------------------------------
+
+#: chunks longer than this (characters) are encoded but not cached
+_CACHE_MAX_CHARS = 256
+
+
+def bpe_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """The ids of one chunk: repeatedly merge the adjacent pair of parts whose concatenation
+    has the lowest rank, the leftmost of equal ones (tiktoken's rule), until none is a token.
+
+    Same result as rescanning every pair after each merge (``BPETokenizer._bpe``), in
+    O(n log n) instead of O(n^2): a heap holds every adjacent pair that is a token, keyed by
+    (rank, start), and a pair is checked when popped -- if either part has grown since it
+    was pushed the entry is stale and skipped, and each merge pushes the (at most two) new
+    pairs it creates. A 1 MB chunk of one repeated letter takes seconds, not hours.
+    """
+    n = len(piece)
+    # the parts are piece[s:end[s]] for the live starts s; the next part starts at end[s]
+    end = list(range(1, n + 1))
+    prev = list(range(-1, n - 1))
+    live = bytearray(b"\x01") * n
+    heap: list[tuple[int, int, int]] = []  # (rank of the joined pair, its start, its end)
+    for s in range(n - 1):
+        r = ranks.get(piece[s : s + 2])
+        if r is not None:
+            heap.append((r, s, s + 2))
+    heapq.heapify(heap)
+    while heap:
+        _, s, e = heapq.heappop(heap)
+        t = end[s]
+        # parts only grow rightwards, so the pair is current iff s is live and both parts
+        # still end where they did: part s at t (t < n), part t at e
+        if not live[s] or t >= n or end[t] != e:
+            continue
+        end[s] = e
+        live[t] = 0
+        if e < n:
+            prev[e] = s
+            r = ranks.get(piece[s : end[e]])
+            if r is not None:
+                heapq.heappush(heap, (r, s, end[e]))
+        p = prev[s]
+        if p >= 0:
+            r = ranks.get(piece[p:e])
+            if r is not None:
+                heapq.heappush(heap, (r, p, e))
+    out: list[int] = []
+    s = 0
+    while s < n:
+        out.append(ranks[piece[s : end[s]]])
+        s = end[s]
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -515,7 +575,10 @@ class BPETokenizer(Tokenizer):
     # -- encoding -----------------------------------------------------------------------
 
     def _bpe(self, piece: bytes, max_rank: int | None = None) -> list[int]:
-        """Merge the bytes of one chunk, lowest-ranked adjacent pair first (tiktoken's rule)."""
+        """Merge the bytes of one chunk, lowest-ranked adjacent pair first (tiktoken's rule).
+
+        The readable reference: a full rescan per merge, so O(n^2) on an n-byte chunk.
+        :meth:`encode` uses :func:`bpe_merge`, which gives the same ids in O(n log n)."""
         ranks = self.mergeable_ranks
         parts = [piece[i : i + 1] for i in range(len(piece))]
         while len(parts) > 1:
@@ -539,8 +602,9 @@ class BPETokenizer(Tokenizer):
             elif data in self.mergeable_ranks:
                 ids = [self.mergeable_ranks[data]]
             else:
-                ids = self._bpe(data)
-            if len(self._cache) < 200_000:
+                ids = bpe_merge(data, self.mergeable_ranks)
+            # words repeat, giant one-off chunks do not: keep those out of the cache
+            if len(self._cache) < 200_000 and len(chunk) <= _CACHE_MAX_CHARS:
                 self._cache[chunk] = ids
         return ids
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gptcourse.generate import filter_logits, generate, stream
+from gptcourse.generate import _sampling_probs, filter_logits, generate, stream
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.tokenizer import CharTokenizer
 
@@ -399,3 +399,141 @@ def test_stream_checks_its_arguments_when_called_not_when_iterated():
     model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8))
     with pytest.raises(ValueError, match="max_new_tokens"):
         stream(model, [1, 2], -1)
+
+
+# --------------------------------------------------------------------------------------
+# Extreme values (issue 12): never NaN, never a crash. A tiny temperature is greedy, a huge
+# one uniform over the kept tokens, +inf logits share the probability, top-p keeps >= 1.
+# --------------------------------------------------------------------------------------
+
+LOGITS = torch.tensor([[1.0, 3.0, -2.0, 2.5, 0.0]])  # unique argmax: id 1
+UNIFORM5 = torch.full((1, 5), 0.2)
+
+
+class FixedLogits(nn.Module):
+    """A stand-in model whose next-token logits are always ``logits`` (B, V)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.config = GPTConfig(vocab_size=logits.size(-1), block_size=8, n_layer=1, n_head=1, n_embd=2)
+        self.anchor = nn.Parameter(torch.zeros(1))  # generate() reads the device from a parameter
+        self.logits = logits
+
+    def forward(self, idx, targets=None, cache=None):
+        return self.logits[:, None, :].expand(idx.size(0), idx.size(1), -1), None
+
+
+def draws(logits: torch.Tensor, n: int = 30, seed: int = 0, **kw) -> torch.Tensor:
+    """``n`` independent samples from one step's distribution over ``logits``: (B, n)."""
+    out = generate(FixedLogits(logits), torch.zeros(logits.size(0), 1, dtype=torch.long), n,
+                   use_cache=False, generator=torch.Generator().manual_seed(seed), **kw)
+    return out[:, 1:]
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-40, 1e-45, 5e-324])
+def test_tiny_temperature_samples_the_argmax(temperature):
+    assert draws(LOGITS, temperature=temperature).unique().tolist() == [1]
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 5e-324])
+def test_tiny_temperature_generates_like_greedy(model, temperature):
+    idx = prompt()
+    out = generate(model, idx, 8, temperature=temperature, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, greedy_reference(model, idx, 8))
+
+
+def test_tiny_temperature_with_huge_logits_samples_the_argmax():
+    # 1e30 * logits / 1e-10 overflows float32 although neither value is extreme alone
+    assert draws(LOGITS * 1e30, temperature=1e-10).unique().tolist() == [1]
+
+
+def test_tiny_temperature_shares_exact_ties():
+    probs = _sampling_probs(torch.tensor([[5.0, 1.0, 5.0, 0.0]]), 1e-45, None, None)
+    assert probs.tolist() == [[0.5, 0.0, 0.5, 0.0]]
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 5e-324])
+def test_tiny_temperature_on_equal_logits_is_uniform(temperature):
+    assert torch.equal(_sampling_probs(torch.zeros(1, 5), temperature, None, None), UNIFORM5)
+
+
+@pytest.mark.parametrize("temperature", [1e31, 1e300, math.inf])
+def test_huge_temperature_is_uniform(temperature):
+    torch.testing.assert_close(_sampling_probs(LOGITS, temperature, None, None), UNIFORM5,
+                               rtol=0, atol=1e-7)
+
+
+def test_huge_temperature_keeps_the_top_k():
+    probs = _sampling_probs(LOGITS, 1e300, 2, None)
+    torch.testing.assert_close(probs, torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]]), rtol=0, atol=1e-7)
+
+
+def test_huge_temperature_keeps_minus_inf_logits_impossible():
+    # -inf / inf is NaN in float32
+    logits = torch.tensor([[0.0, float("-inf"), 1.0, float("-inf")]])
+    probs = _sampling_probs(logits, 1e300, None, None)
+    torch.testing.assert_close(probs, torch.tensor([[0.5, 0.0, 0.5, 0.0]]), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("temperature", [1e300, 10**400], ids=["1e300", "10**400"])
+def test_huge_temperature_generates_valid_ids(model, temperature):
+    out = generate(model, prompt(), 8, temperature=temperature, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 13) and 0 <= out.min() and out.max() < VOCAB
+
+
+def test_plus_inf_logits_share_the_probability():
+    logits = torch.tensor([[math.inf, 0.0, math.inf, -math.inf]])
+    assert _sampling_probs(logits, 1.0, None, None).tolist() == [[0.5, 0.0, 0.5, 0.0]]
+
+
+def test_all_minus_inf_logits_are_uniform():
+    assert torch.equal(_sampling_probs(torch.full((1, 5), -math.inf), 1.0, None, None), UNIFORM5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_largest_float32_logits_sample_the_argmax(temperature):
+    logits = torch.tensor([[3e38, -3e38, 1e38, 3.4e38]])  # / 0.5 overflows
+    assert draws(logits, temperature=temperature).unique().tolist() == [3]
+
+
+def test_extreme_row_leaves_the_other_rows_bit_identical():
+    logits = torch.tensor([[1.0, 3.0, -2.0, 2.5], [math.inf, 0.0, 1.0, 2.0]])
+    probs = _sampling_probs(logits, 0.7, None, 0.9)
+    assert torch.equal(probs[0], torch.softmax(filter_logits(logits[:1] / 0.7, None, 0.9), -1)[0])
+    assert probs[1].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.7, 10, 0.9), (1.3, None, 0.5),
+                                                       (1e-3, 3, None), (1e3, None, 0.95)])
+def test_ordinary_values_are_the_plain_float32_computation(temperature, top_k, top_p):
+    logits = 3 * torch.randn(4, 100, generator=torch.Generator().manual_seed(0))
+    expected = torch.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
+    assert torch.equal(_sampling_probs(logits, temperature, top_k, top_p), expected)
+
+
+def test_nan_logits_raise_a_clear_error():
+    with pytest.raises(ValueError, match="NaN"):
+        draws(torch.tensor([[0.0, math.nan, 1.0]]), temperature=1.0)
+
+
+@pytest.mark.parametrize("top_p", [1e-30, 1e-45, 5e-324])
+def test_tiny_top_p_keeps_exactly_the_top_token(top_p):
+    out = filter_logits(LOGITS, top_p=top_p)
+    assert torch.isfinite(out).tolist() == [[False, True, False, False, False]]
+    assert out[0, 1] == LOGITS[0, 1]
+
+
+def test_tiny_top_p_generates_like_greedy(model):
+    idx = prompt()
+    out = generate(model, idx, 8, top_p=5e-324, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, greedy_reference(model, idx, 8))
+
+
+def test_top_p_keeps_among_plus_inf_logits():
+    out = filter_logits(torch.tensor([[math.inf, 5.0, math.inf, 0.0]]), top_p=0.9)
+    assert (out > -math.inf).tolist() == [[True, False, True, False]]
+
+
+def test_top_p_on_all_minus_inf_logits_gives_no_nan():
+    out = filter_logits(torch.full((2, 4), -math.inf), top_p=0.5)
+    assert not out.isnan().any()

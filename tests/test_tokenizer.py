@@ -30,7 +30,9 @@ from gptcourse.tokenizer import (
     CharTokenizer,
     TiktokenTokenizer,
     TokenizerFileError,
+    bpe_merge,
     get_tokenizer,
+    merge_word,
     train_merges_naive,
 )
 
@@ -430,6 +432,84 @@ def test_to_tiktoken_decodes_the_same(trained, trained_tt, verdict):
     ids = trained.encode(verdict)
     assert trained_tt.decode(ids) == trained.decode(ids) == verdict
     assert trained_tt.n_vocab == trained.vocab_size
+
+
+# --------------------------------------------------------------------------------------
+# One long chunk (issue 12): bpe_merge, the heap merge encode() uses, equals the readable
+# rescan (`_bpe`) and tiktoken, and does O(n) vocabulary lookups (the rescan: O(n^2))
+# --------------------------------------------------------------------------------------
+
+#: pieces whose repeats make long chunks with many equal-rank pairs (ties)
+REPEAT_UNIT = st.sampled_from([b"a", b"b", b"ab", b" ", b"\n", b"1", b"!", b"'", "é".encode(), "日".encode(), b"aaab"])
+PIECE = st.one_of(st.binary(max_size=40), st.lists(REPEAT_UNIT, max_size=60).map(b"".join))
+
+
+@examples(300)
+@given(PIECE)
+@example(b"")
+@example(b"a" * 200)
+@example(b"ab" * 99 + b"a")
+def test_bpe_merge_matches_the_rescan_on_gpt2(gpt2, piece):
+    assert bpe_merge(piece, gpt2.mergeable_ranks) == gpt2._bpe(piece)
+
+
+@examples(300)
+@given(PIECE)
+def test_bpe_merge_matches_the_rescan_on_trained(trained, piece):
+    assert bpe_merge(piece, trained.mergeable_ranks) == trained._bpe(piece)
+
+
+LONG_CHUNKS = ["a" * 20_000, "ab" * 10_000, "1" * 20_000, "!" * 20_000, " " * 20_000, "\n" * 20_000,
+               "é" * 10_000, "日" * 7_000, " " + "z" * 20_000, "aaab" * 5_000]
+
+
+@pytest.mark.parametrize("text", LONG_CHUNKS, ids=lambda t: f"{t[:4]!r}x{len(t)}")
+def test_gpt2_matches_tiktoken_on_one_long_chunk(gpt2, enc, text):
+    assert gpt2.encode(text) == enc.encode(text)
+
+
+@pytest.mark.parametrize("text", LONG_CHUNKS[:4], ids=lambda t: f"{t[:4]!r}x{len(t)}")
+def test_to_tiktoken_matches_encode_on_one_long_chunk(trained, trained_tt, text):
+    assert trained.encode(text) == trained_tt.encode(text)
+
+
+class CountingRanks(dict):
+    """mergeable_ranks that count their lookups and stop the test past ``budget``."""
+
+    def __init__(self, ranks: dict[bytes, int], budget: int) -> None:
+        super().__init__(ranks)
+        self.lookups, self.budget = 0, budget
+
+    def _count(self) -> None:
+        self.lookups += 1
+        assert self.lookups <= self.budget, f"more than {self.budget} vocabulary lookups"
+
+    def get(self, key, default=None):
+        self._count()
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self._count()
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("text", ["a" * 16_384, "ab" * 8_192], ids=["16KB-of-a", "16KB-of-ab"])
+def test_encode_one_long_chunk_does_linear_work(gpt2, text):
+    """The issue's 16 KB one-letter prompt: the old encode rescanned every pair per merge
+    (~10^8 lookups, ~25 s); the heap does < 4 per byte: n - 1 pairs, <= 2 new per merge, n ids."""
+    tok = BPETokenizer(gpt2.mergeable_ranks, gpt2.special_tokens, merges=gpt2.merges)
+    tok.mergeable_ranks = CountingRanks(gpt2.mergeable_ranks, budget=4 * len(text))
+    assert tok.encode(text) == gpt2.encode(text)
+
+
+def test_long_chunks_are_not_cached(gpt2):
+    tok = BPETokenizer(gpt2.mergeable_ranks, gpt2.special_tokens, merges=gpt2.merges)
+    tok.encode(" hello" + " x" * 3 + " " + "a" * 5_000)
+    assert set(tok._cache) == {" hello", " x"}
+
+
+def test_merge_word_replaces_pairs_left_to_right():
+    assert merge_word((1, 1, 1, 2, 1, 1), (1, 1), 9) == (9, 1, 2, 9)
 
 
 # --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import random
 
 import regex
 
-from ..tokenizer import GPT2_PATTERN, _merge_word, apply_merges, train_merges_naive
+from ..tokenizer import GPT2_PATTERN, apply_merges, merge_word, train_merges_naive
 from . import Case, Task, register
 
 _WORDS = (
@@ -50,7 +50,7 @@ def _pair_counts(ids: list[int]) -> dict[tuple[int, int], int]:
 
 
 def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    return list(_merge_word(tuple(ids), tuple(pair), new_id))
+    return list(merge_word(tuple(ids), tuple(pair), new_id))
 
 
 def _train_bpe(text: str, num_merges: int) -> list[tuple[int, int, int]]:
