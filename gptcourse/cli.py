@@ -3,6 +3,7 @@
     gptcourse demo                  prepare `stories`, train a small GPT (~3 min on CPU), sample
     gptcourse prepare SOURCE --out DIR   clean, deduplicate and tokenize a corpus into shards
     gptcourse train --preset NAME [--config FILE.toml] [--key value ...]   pretrain a GPT
+                    [--resume [PATH|auto-or-new] | --overwrite]   continue a run / start over
     gptcourse sample RUN [--prompt TEXT]  generate from a run's latest checkpoint
     gptcourse presets               the named training runs
     gptcourse tokenizer-demo        train a BPE tokenizer on a real corpus and show it at work
@@ -18,7 +19,6 @@ Under torchrun the same ``train`` runs data-parallel:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -50,7 +50,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     if source is None or out is None:
         raise ValueError("name a SOURCE and --out DIR (or a --preset that has them)")
     for key in ("tokenizer", "val_fraction", "max_documents", "num_proc", "threshold", "seed",
-                "sample_by", "split", "text_column", "shard_tokens"):
+                "sample_by", "split", "text_column", "shard_tokens", "encoding"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
     for key in ("clean", "exact_dedup", "near_dedup"):
@@ -63,8 +63,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _load_data(spec, distributed: bool):
-    """Train and validation shards of ``spec.data``, preparing them first when missing."""
+    """Train and validation shards of ``spec.data``, preparing them first when missing. Their
+    sha256 is checked by one process per machine (under torchrun: local rank 0; a failure there
+    stops the whole job)."""
     from .data import TokenShards
+    from .train import Distributed
 
     folder = Path(spec.data)
     if not (folder / "meta.json").is_file():
@@ -81,17 +84,38 @@ def _load_data(spec, distributed: bool):
         source = recipe.pop("source")
         print(f"{folder} is not prepared yet: preparing {source!r} first")
         prepare(source, folder, **recipe)
-    train = TokenShards(folder, "train")
+    verify = Distributed.from_env().local_rank == 0
+    train = TokenShards(folder, "train", verify=verify)
     splits = train.meta["splits"]
-    val = TokenShards(folder, "val") if "val" in splits and splits["val"]["tokens"] else None
+    has_val = "val" in splits and isinstance(splits["val"], dict) and splits["val"].get("tokens")
+    val = TokenShards(folder, "val", verify=verify) if has_val else None
     return train, val
 
 
-def _train(spec, resume: bool = False, quiet_setup: bool = False):
-    """Build a :class:`Trainer` for a resolved run, print what it will do, and fit it."""
-    from .train import CheckpointError, Distributed, Trainer, find_checkpoint
+#: ``--resume`` values and the ``Trainer(resume=...)`` they stand for (anything else: a path)
+_RESUME = {None: False, "latest": "require", "auto-or-new": True}
+
+
+def _train(spec, resume: str | None = None, overwrite: bool = False, quiet_setup: bool = False):
+    """Build a :class:`Trainer` for a resolved run, print what it will do, and fit it.
+
+    ``resume``: None (a new run; refused over existing checkpoints unless ``overwrite``),
+    ``"latest"``, ``"auto-or-new"`` or a checkpoint path -- see :mod:`gptcourse.train`.
+    """
+    import warnings
+
+    from .train import CheckpointWarning, Distributed, Trainer, list_checkpoints
 
     ddp = Distributed.from_env()
+    out_dir = Path(spec.train.out_dir)
+    if resume is not None and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    found = [p.name for p in list_checkpoints(out_dir / "checkpoints")]
+    if resume is None and not overwrite and (found or (out_dir / "checkpoints/latest").exists()):
+        shown = ", ".join(found[-3:]) or "checkpoints/latest"
+        raise ValueError(f"{out_dir} already holds checkpoints ({shown}): pass --resume to "
+                         "continue that run, --overwrite to delete them and start over, or "
+                         "choose another --out-dir")
     train, val = _load_data(spec, ddp.enabled)
     try:
         tokenizer = train.tokenizer()
@@ -99,13 +123,10 @@ def _train(spec, resume: bool = False, quiet_setup: bool = False):
         print(f"(no tokenizer: {err}; samples are off)")
         tokenizer = None
     config = spec.model_config(vocab_size=train.vocab_size)
-    out_dir = Path(spec.train.out_dir)
-    if not resume:
-        with contextlib.suppress(CheckpointError):
-            find_checkpoint(out_dir)
-            raise ValueError(f"{out_dir} already holds checkpoints: pass --resume to continue "
-                             "that run, or choose another --out-dir")
-    trainer = Trainer(config, train, val, spec.train, tokenizer=tokenizer, resume=resume)
+    with warnings.catch_warnings():  # the CLI prints the note itself, below
+        warnings.simplefilter("ignore", CheckpointWarning)
+        trainer = Trainer(config, train, val, spec.train, tokenizer=tokenizer,
+                          resume=_RESUME.get(resume, resume), overwrite=overwrite)
     import torch
 
     if trainer.device_type == "cpu" and not ddp.enabled and "OMP_NUM_THREADS" not in os.environ:
@@ -114,10 +135,14 @@ def _train(spec, resume: bool = False, quiet_setup: bool = False):
 
         torch.set_num_threads(cpu_threads())
     if ddp.is_main and not quiet_setup:
-        if resume and trainer.step:
-            print(f"resuming {out_dir} from step {trainer.step}")
-        elif resume:
-            print(f"no checkpoint in {out_dir}: starting from scratch")
+        if trainer.resume_note:
+            print(f"note: {trainer.resume_note}")
+        if trainer.last_checkpoint is not None:
+            print(f"resuming {out_dir} from step {trainer.step} ({trainer.last_checkpoint})")
+        elif resume is not None:
+            print(f"no checkpoint in {out_dir}: starting a new run (--resume=auto-or-new)")
+        elif overwrite and found:
+            print(f"--overwrite: deleted {len(found)} old checkpoint(s) in {out_dir}")
         floor = val.entropy_per_token if val is not None else None
         print(f"model: {trainer.model.num_params():,} parameters ({config.n_layer} layers, "
               f"{config.n_head} heads, {config.n_embd} wide, context {config.block_size}, "
@@ -153,7 +178,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from . import presets
 
     spec = presets.resolve(args.preset, args.config, _split_overrides(args.overrides))
-    trainer = _train(spec, resume=args.resume)
+    trainer = _train(spec, resume=args.resume, overwrite=args.overwrite)
     if trainer.ddp.is_main:
         _report(trainer)
     trainer.close()
@@ -354,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how a text file splits into documents")
     p.add_argument("--split", default=None, help="dataset split to read (train)")
     p.add_argument("--text-column", default=None, help="column holding the text (text)")
+    p.add_argument("--encoding", default=None,
+                   help="encoding of local text/json/csv files (utf-8; e.g. latin-1, cp1252)")
     p.add_argument("--shard-tokens", type=int, default=None, help="tokens per shard file")
     p.add_argument("--num-proc", type=int, default=None, help="tokenizer processes")
     p.add_argument("--streaming", action="store_true", help="stream a hub dataset")
@@ -365,8 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "overrides such as --max-steps 200 --n-layer 6 --lr 3e-4 --data DIR.")
     p.add_argument("--preset", default=None, help="a named run (gptcourse presets)")
     p.add_argument("--config", default=None, help="a TOML file like gptcourse/presets/*.toml")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint in out_dir")
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   metavar="PATH|auto-or-new",
+                   help="continue the run in out_dir from its newest valid checkpoint (an "
+                   "error if it has none); PATH: from that run or checkpoint; auto-or-new: "
+                   "resume if out_dir has a checkpoint, else start a new run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the checkpoints already in out_dir and start a new run")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sample", help="generate text from a trained run or checkpoint")

@@ -10,15 +10,20 @@ download), so ``load_text("stories")`` works but ``path("stories")`` raises ``Co
 
 Downloads are atomic: the bytes go to a temporary file in the target folder, the sha256 is
 checked, and only then is the file renamed into place. An interrupted or corrupted download
-therefore never leaves a file that later calls would trust.
+therefore never leaves a file that later calls would trust. The temporary file is named
+``.FILE.HOST-PID.XXXX.part``; the next download of ``FILE`` deletes those a killed process left
+(one of this host whose process is gone, or any not written to for ten minutes).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
-import io
 import os
+import re
+import socket
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -255,24 +260,64 @@ def _fetch(url: str, out, desc: str, timeout: float = 60.0) -> None:
         )
 
 
+#: A live download writes at least once a minute (``_fetch``'s read timeout is 60 s), so a
+#: ``.part`` file untouched for this long belongs to a process that died.
+STALE_PART_SECONDS = 600
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (assumed yes where that cannot be asked)."""
+    if pid == os.getpid() or os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def _remove_stale_parts(target: Path) -> None:
+    """Delete the ``.part`` files that killed downloads of ``target`` left behind."""
+    host, now = _host(), time.time()
+    for part in target.parent.glob(f".{glob.escape(target.name)}.*.part"):
+        owner = part.name[len(target.name) + 2:].split(".", 1)[0]  # "HOST-PID"
+        name, _, pid = owner.rpartition("-")
+        try:
+            idle = now - part.stat().st_mtime
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        dead = name == host and pid.isdigit() and not _alive(int(pid))
+        if dead or idle > STALE_PART_SECONDS:
+            part.unlink(missing_ok=True)
+
+
 def _download(corpus: Corpus, target: Path, stale: list[Path]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    _remove_stale_parts(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{_host()}-{os.getpid()}.",
+                                    suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
-            if corpus.member is None:
-                _fetch(corpus.url, out, corpus.filename)
-            else:
-                archive = io.BytesIO()
-                _fetch(corpus.url, archive, corpus.filename)
+        with os.fdopen(fd, "w+b") as out:
+            _fetch(corpus.url, out, corpus.filename)
+            if corpus.member is not None:  # the archive came to disk; keep only its member
+                out.seek(0)
                 try:
-                    with zipfile.ZipFile(archive) as zf:
-                        out.write(zf.read(corpus.member))
+                    with zipfile.ZipFile(out) as zf:
+                        data = zf.read(corpus.member)
                 except (zipfile.BadZipFile, KeyError) as err:
                     raise CorpusError(
                         f"{corpus.url} is not a zip archive holding {corpus.member}: {err}"
                     ) from err
+                out.seek(0)
+                out.truncate()
+                out.write(data)
         actual = sha256_file(tmp)
         if actual != corpus.sha256:
             raise CorpusError(

@@ -23,8 +23,27 @@ Checkpoints are folders ``checkpoints/step_NNNNNN`` holding ``model.safetensors`
 ``trainer.pt`` (optimizer, grad scaler, RNG states, step, tokens seen) and ``checkpoint.json``
 (configs and the sha256 of both files). A folder is written under a temporary name and renamed
 when complete, and ``checkpoints/latest`` is replaced atomically afterwards, so a crash or a
-broken run never destroys the last good checkpoint. Loading verifies the checksums and that the
-model configuration matches.
+broken run never destroys the last good checkpoint (a killed save's ``.step_*`` folder is removed
+by the next save). Old checkpoints are pruned by step number, keeping ``keep_checkpoints``, never
+the one ``latest`` names. Loading always verifies the checksums and that the model configuration
+matches; a damaged checkpoint is a one-line :class:`CheckpointError`, never a traceback.
+
+A run is never started over silently: ``Trainer(resume=...)`` and ``gptcourse train`` agree:
+
+==================  =======================================  ==========================
+Trainer             CLI                                      out_dir holds checkpoints
+==================  =======================================  ==========================
+``resume=False``    (no flag)                                refused: resume or overwrite
+``overwrite=True``  ``--overwrite``                          deleted, new run from step 0
+``"require"``       ``--resume``                             newest valid one; none: error
+``True``            ``--resume=auto-or-new``                 newest valid one; none at all: new run
+a path              ``--resume PATH``                        that checkpoint
+==================  =======================================  ==========================
+
+"Newest valid": the one ``checkpoints/latest`` names; when ``latest`` is missing, empty,
+dangling or names an unfinished folder, the highest-step checkpoint that verifies (with a
+:class:`CheckpointWarning` saying so). Checkpoints that exist but none of which is valid are an
+error that lists what was found, for ``resume=True`` too.
 
 Scale-out: launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the trainer joins
 the process group (NCCL on GPUs, gloo on CPUs), wraps the model in DDP, and only rank 0 logs,
@@ -38,9 +57,11 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +79,14 @@ from .model import GPT, GPTConfig
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "CheckpointWarning",
     "Distributed",
     "TrainConfig",
     "Trainer",
     "TrainingDiverged",
     "amp_dtype",
     "find_checkpoint",
+    "list_checkpoints",
     "load_model",
     "lr_at",
     "optimizer_groups",
@@ -75,6 +98,10 @@ CHECKPOINT_FORMAT = "gptcourse.checkpoint/1"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, corrupt, or does not fit the requested model."""
+
+
+class CheckpointWarning(UserWarning):
+    """``latest`` was unusable, so an older valid checkpoint is used instead."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -282,64 +309,192 @@ def _resolve_device(name: str, ddp: Distributed) -> str:
 # --------------------------------------------------------------------------------------
 
 
-def find_checkpoint(path: str | os.PathLike) -> Path:
-    """The checkpoint folder meant by ``path``: a run folder (its latest checkpoint), its
-    ``checkpoints`` folder, or a ``step_NNNNNN`` folder itself."""
+_STEP_FOLDER = re.compile(r"step_(\d+)")
+
+
+def _step_of(folder: Path) -> int | None:
+    match = _STEP_FOLDER.fullmatch(folder.name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """The ``step_N`` folders in ``root`` (a ``checkpoints`` folder), oldest first by step
+    number -- not by name, so ``step_1000000`` comes after ``step_999999``."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(step, p) for p in root.iterdir() if p.is_dir() and (step := _step_of(p)) is not None]
+    return [p for _, p in sorted(found)]
+
+
+def _checkpoints_root(path: Path) -> Path:
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+
+
+def _existing(root: Path) -> list[str]:
+    """What in ``root`` belongs to a run: its ``step_N`` folders and ``latest`` (names)."""
+    names = [p.name for p in list_checkpoints(root)]
+    return names + ["latest"] if (root / "latest").is_file() else names
+
+
+def _remove_partial_saves(root: Path) -> None:
+    """Delete what a killed save leaves behind: ``.step_*`` folders, ``.latest.*.part`` files."""
+    if root.is_dir():
+        for p in root.glob(".step_*"):
+            shutil.rmtree(p, ignore_errors=True)
+        for p in root.glob(".latest.*.part"):
+            p.unlink(missing_ok=True)
+
+
+def _latest_problem(root: Path) -> tuple[Path | None, str]:
+    """The folder ``root/latest`` names when it is a finished checkpoint, else what is wrong."""
+    latest = root / "latest"
+    if not latest.is_file():
+        return None, f"{root} has no `latest` file"
+    name = latest.read_text(encoding="utf-8", errors="replace").strip()
+    target = root / name
+    if not name or Path(name).name != name:
+        return None, f"{latest} is empty or damaged ({name!r})"
+    if (target / "checkpoint.json").is_file():
+        return target, ""
+    why = "has no checkpoint.json (an unfinished save)" if target.is_dir() else "does not exist"
+    return None, f"{latest} points at {name}, which {why}"
+
+
+def _locate(path: str | os.PathLike) -> tuple[Path, str | None, dict[str, Any] | None]:
+    """``(folder, note, meta)``: the checkpoint ``path`` means, why an older one stands in for
+    ``latest`` (else None), and its verified metadata when verifying was needed to choose it."""
     p = Path(path)
     if (p / "checkpoint.json").is_file():
-        return p
-    for base in (p / "checkpoints", p):
-        latest = base / "latest"
-        if latest.is_file():
-            target = base / latest.read_text(encoding="utf-8").strip()
-            if not (target / "checkpoint.json").is_file():
-                raise CheckpointError(f"{latest} points at {target}, which is not a complete "
-                                      "checkpoint; delete `latest` to fall back to another")
-            return target
-    raise CheckpointError(f"no checkpoint in {p}: expected a run folder with "
-                          "checkpoints/latest, or a checkpoint folder with checkpoint.json")
+        return p, None, None
+    if _step_of(p) is not None and p.is_dir():
+        raise CheckpointError(f"{p} has no checkpoint.json: its save did not finish; choose "
+                              "another checkpoint")
+    root = _checkpoints_root(p)
+    target, problem = _latest_problem(root)
+    if target is not None:
+        return target, None, None
+    found = list_checkpoints(root)
+    if not found:
+        extra = f" ({problem})" if (root / "latest").is_file() else ""
+        raise CheckpointError(f"no checkpoint in {p}{extra}: expected a run folder with "
+                              "checkpoints/step_N folders, or a checkpoint folder with "
+                              "checkpoint.json")
+    invalid = []
+    for folder in reversed(found):  # newest first
+        try:
+            meta = _read_checkpoint_meta(folder)
+        except CheckpointError as err:
+            invalid.append(str(err))
+            continue
+        skipped = f" (skipped newer, invalid: {'; '.join(invalid)})" if invalid else ""
+        return folder, f"{problem}; using the newest valid checkpoint, {folder}{skipped}", meta
+    raise CheckpointError(f"no valid checkpoint in {root}: {problem}; {'; '.join(invalid)}")
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint folder meant by ``path``: a run folder (its latest checkpoint), its
+    ``checkpoints`` folder, or a ``step_NNNNNN`` folder itself.
+
+    When ``latest`` is missing, empty, dangling or names an unfinished folder, the newest
+    checkpoint that verifies is used instead, with a :class:`CheckpointWarning`.
+    """
+    folder, note, _ = _locate(path)
+    if note:
+        warnings.warn(note, CheckpointWarning, stacklevel=2)
+    return folder
+
+
+_META_KEYS = {"format": str, "step": int, "model_config": dict, "files": dict}
 
 
 def _read_checkpoint_meta(folder: Path) -> dict[str, Any]:
+    """The verified ``checkpoint.json`` of ``folder``: its keys, and every file it lists
+    against its sha256 (always: a checkpoint is read far less often than it is trained)."""
+    file = folder / "checkpoint.json"
+    damaged = "the checkpoint is damaged: resume from an earlier one"
     try:
-        meta = json.loads((folder / "checkpoint.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{folder}/checkpoint.json cannot be read ({err}); the checkpoint "
-                              "is damaged: resume from an earlier one") from err
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file} cannot be read ({err}); {damaged}") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{file} holds a JSON {type(meta).__name__}, not an object; "
+                              f"{damaged}")
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{folder} has format {meta.get('format')!r}, "
+        raise CheckpointError(f"{file} has format {meta.get('format')!r}, "
                               f"expected {CHECKPOINT_FORMAT!r}")
-    for name, digest in meta["files"].items():
-        file = folder / name
-        if not file.is_file():
-            raise CheckpointError(f"{file} is missing; the checkpoint is incomplete")
-        if sha256_file(file) != digest:
-            raise CheckpointError(f"{file} does not match its sha256 in checkpoint.json: it is "
+    for key, kind in _META_KEYS.items():
+        if key not in meta:
+            raise CheckpointError(f"{file} has no {key!r} key; {damaged}")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise CheckpointError(f"{file}: {key!r} must be a JSON {kind.__name__}, got "
+                                  f"{meta[key]!r:.60}; {damaged}")
+    files = meta["files"]
+    if "model.safetensors" not in files:
+        raise CheckpointError(f"{file} lists no sha256 for model.safetensors; {damaged}")
+    for name, digest in files.items():
+        path = folder / name
+        if Path(name).name != name or not isinstance(digest, str):
+            raise CheckpointError(f"{file}: bad entry {name!r}: {digest!r:.80} in 'files'; "
+                                  f"{damaged}")
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
+        if sha256_file(path) != digest:
+            raise CheckpointError(f"{path} does not match its sha256 in checkpoint.json: it is "
                                   "truncated or corrupt; resume from an earlier checkpoint")
     return meta
+
+
+def _model_config(folder: Path, meta: dict[str, Any]) -> GPTConfig:
+    try:
+        return GPTConfig(**meta["model_config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder}/checkpoint.json: model_config is not a valid "
+                              f"GPTConfig ({err})") from err
+
+
+def _load_weights(model: nn.Module, folder: Path, device: str) -> None:
+    """Weights from ``model.safetensors`` (any failure: a one-line :class:`CheckpointError`)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model as st_load_model
+
+    file = folder / "model.safetensors"
+    try:
+        st_load_model(model, str(file), device=device)
+    except (SafetensorError, RuntimeError, OSError, ValueError) as err:
+        why = " ".join(str(err).split())  # load_state_dict's report spans lines
+        raise CheckpointError(f"{file} cannot be loaded into the model: {why:.400}") from err
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu"):
     """``(model, tokenizer, meta)`` from a run or checkpoint folder, ready for generation.
 
-    The tokenizer is ``None`` when the checkpoint did not record one.
+    The files are verified against their sha256, and the tokenizer must fit the model's
+    embedding. The tokenizer is ``None`` when the checkpoint did not record one.
     """
-    from safetensors.torch import load_model as st_load_model
-
-    folder = find_checkpoint(path)
-    meta = _read_checkpoint_meta(folder)
-    model = GPT(GPTConfig(**meta["model_config"]))
-    st_load_model(model, str(folder / "model.safetensors"), device="cpu")
+    folder, note, meta = _locate(path)
+    if note:
+        warnings.warn(note, CheckpointWarning, stacklevel=2)
+    meta = meta or _read_checkpoint_meta(folder)
+    model = GPT(_model_config(folder, meta))
+    _load_weights(model, folder, "cpu")
     model.to(device).eval()
     tokenizer = None
     info = meta.get("tokenizer")
     if info:
         from .tokenizer import get_tokenizer
 
-        name = info["name"]
-        if name == "tokenizer.json":
-            name = str(folder / name)
-        tokenizer = get_tokenizer(name)
+        name = info.get("name") if isinstance(info, dict) else None
+        if not isinstance(name, str):
+            raise CheckpointError(f"{folder}/checkpoint.json: 'tokenizer' must be an object "
+                                  f"with a 'name', got {info!r:.80}")
+        tokenizer = get_tokenizer(str(folder / name) if name == "tokenizer.json" else name)
+        rows = model.config.vocab_size
+        if tokenizer.vocab_size > rows:
+            raise CheckpointError(
+                f"{folder}: the tokenizer {name!r} has {tokenizer.vocab_size:,} tokens but the "
+                f"model's embedding has only {rows:,} rows (ids >= {rows} would fail); the "
+                "tokenizer does not belong to these weights")
     return model, tokenizer, meta
 
 
@@ -371,9 +526,22 @@ class Trainer:
     ...                   TrainConfig(max_steps=500, out_dir="runs/mini"))   # doctest: +SKIP
     >>> trainer.fit()                                                       # doctest: +SKIP
 
-    ``resume=True`` continues from the latest checkpoint in ``config.out_dir`` when there is
-    one (``"require"``: there must be one). ``model`` may be given to start from existing
-    weights (e.g. :meth:`GPT.from_pretrained`); its config must equal ``model_config``.
+    ``resume`` (the table in the module docstring; the CLI's flags mean the same):
+
+    * ``False`` (default): a new run. If ``config.out_dir`` already holds checkpoints, ``fit()``
+      and ``save_checkpoint()`` refuse (a :class:`CheckpointError` before anything is written)
+      unless this trainer loads one of them with :meth:`load_checkpoint`;
+    * ``True``: continue from the newest valid checkpoint in ``out_dir`` (``latest``, or when
+      that is unusable the highest valid step, with a :class:`CheckpointWarning`); a new run
+      when ``out_dir`` holds no checkpoints at all, an error when it holds only invalid ones;
+    * ``"require"``: the same, but no checkpoint at all is an error too;
+    * a path (``str`` or ``os.PathLike``): continue from that run, ``checkpoints`` folder or
+      ``step_N`` checkpoint (checkpoints are then written to ``out_dir`` as usual).
+
+    ``overwrite=True`` deletes ``out_dir/checkpoints`` first and starts a new run (with
+    ``resume`` it is an error). ``resume_note`` says why an older checkpoint was used, if one
+    was. ``model`` may be given to start from existing weights (e.g.
+    :meth:`GPT.from_pretrained`); its config must equal ``model_config``.
 
     On CUDA the Trainer turns on TF32 for float32 matmuls and convolutions
     (``torch.backends.cuda.matmul.allow_tf32`` / ``cudnn.allow_tf32``, process-wide): on
@@ -383,7 +551,8 @@ class Trainer:
 
     def __init__(self, model_config: GPTConfig, train_data: TokenShards,
                  val_data: TokenShards | None = None, config: TrainConfig | None = None, *,
-                 tokenizer=None, model: GPT | None = None, resume: bool | str = False) -> None:
+                 tokenizer=None, model: GPT | None = None,
+                 resume: bool | str | os.PathLike = False, overwrite: bool = False) -> None:
         self.config = config = config or TrainConfig()
         self.model_config = model_config
         if train_data.vocab_size > model_config.vocab_size:
@@ -422,16 +591,27 @@ class Trainer:
         self.tokens_seen = 0
         self.history: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
-
-        if resume:
-            try:
-                folder = find_checkpoint(self.out_dir)
-            except CheckpointError:
-                if resume == "require":
-                    raise
-                folder = None
-            if folder is not None:
-                self.load_checkpoint(folder)
+        self.resume_note: str | None = None
+        self._foreign: list[str] = []  # another run's checkpoints in out_dir: never overwrite
+        root = self.out_dir / "checkpoints"
+        resume = False if resume is None else resume
+        if overwrite:
+            if resume is not False:
+                raise ValueError("resume and overwrite exclude each other: overwrite starts a "
+                                 "new run over the old checkpoints, resume continues them")
+            if self.ddp.is_main:
+                shutil.rmtree(root, ignore_errors=True)
+        elif resume is not False:
+            located = self._resume_from(resume, root)
+            if located is not None:
+                folder, self.resume_note, meta = located
+                if self.resume_note:
+                    warnings.warn(self.resume_note, CheckpointWarning, stacklevel=2)
+                if self.ddp.is_main:
+                    _remove_partial_saves(root)
+                self._restore(folder, meta)
+        else:
+            self._foreign = _existing(root)
 
         wrapped: nn.Module = self.model
         if config.compile:
@@ -620,15 +800,47 @@ class Trainer:
             return {"name": "tokenizer.json"}
         return {"name": getattr(tok, "name", None) or "gpt2"}
 
+    def _resume_from(self, resume: bool | str | os.PathLike,
+                     root: Path) -> tuple[Path, str | None, dict[str, Any] | None] | None:
+        """The checkpoint ``resume`` asks for (see the class docstring); None: a new run."""
+        if resume is True or resume == "require":
+            if not _existing(root):
+                if resume is True:
+                    return None
+                raise CheckpointError(
+                    f"no checkpoint in {self.out_dir} to resume from; start a new run without "
+                    "resume (CLI: drop --resume, or --resume=auto-or-new)")
+            try:
+                return _locate(self.out_dir)
+            except CheckpointError as err:
+                raise CheckpointError(f"{err}. Nothing was overwritten: fix or remove them, "
+                                      "resume from a path, or start over with overwrite=True "
+                                      "(CLI: --overwrite, deletes them)") from None
+        if isinstance(resume, (str, os.PathLike)) and not isinstance(resume, bool):
+            return _locate(resume)
+        raise TypeError(f"resume must be False, True, 'require' or a checkpoint path, "
+                        f"got {resume!r}")
+
+    def _check_not_foreign(self) -> None:
+        if self._foreign:
+            shown = ", ".join(self._foreign[-3:])
+            raise CheckpointError(
+                f"{self.out_dir} already holds checkpoints of another run ({shown}); continue "
+                "it with resume=True (CLI: --resume), start over with overwrite=True (CLI: "
+                "--overwrite; deletes them), or choose another out_dir")
+
     def save_checkpoint(self, extra: dict[str, Any] | None = None) -> Path | None:
         """Write ``checkpoints/step_NNNNNN`` atomically and point ``latest`` at it (rank 0
-        only; other ranks return None). Older checkpoints beyond ``keep_checkpoints`` go."""
+        only; other ranks return None). Checkpoints beyond the newest ``keep_checkpoints``
+        (by step; later steps of an abandoned branch are left alone) go, never ``latest``."""
+        self._check_not_foreign()
         if not self.ddp.is_main:
             return None
         from safetensors.torch import save_model
 
         root = self.out_dir / "checkpoints"
         root.mkdir(parents=True, exist_ok=True)
+        _remove_partial_saves(root)  # left by a save that was killed
         name = f"step_{self.step:06d}"
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
         try:
@@ -671,19 +883,26 @@ class Trainer:
             raise
         write_atomic(root / "latest", name + "\n")
         self.last_checkpoint = final
-        kept = sorted(p for p in root.glob("step_[0-9]*") if p.is_dir())
+        kept = [p for p in list_checkpoints(root) if (_step_of(p) or 0) <= self.step]
         for old in kept[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
         return final
 
     def load_checkpoint(self, path: str | os.PathLike) -> Path:
         """Restore weights, optimizer, grad scaler, RNG, step and tokens seen from ``path`` (a
-        run folder, its ``checkpoints`` folder or one checkpoint). The model configuration
-        must equal this trainer's."""
-        from safetensors.torch import load_model as st_load_model
+        run folder, its ``checkpoints`` folder or one checkpoint; see :func:`find_checkpoint`).
+        The model configuration must equal this trainer's."""
+        folder, note, meta = _locate(path)
+        if note:
+            warnings.warn(note, CheckpointWarning, stacklevel=2)
+        return self._restore(folder, meta)
 
-        folder = find_checkpoint(path)
-        meta = _read_checkpoint_meta(folder)
+    def _restore(self, folder: Path, meta: dict[str, Any] | None) -> Path:
+        meta = meta or _read_checkpoint_meta(folder)
+        if "trainer.pt" not in meta["files"]:
+            raise CheckpointError(f"{folder} holds weights only (no trainer.pt) and cannot be "
+                                  "resumed; start a new run from them with Trainer(model=...)")
         saved = meta["model_config"]
         wanted = self.model_config.to_dict()
         diff = {k: (saved.get(k), wanted.get(k)) for k in wanted if saved.get(k) != wanted.get(k)}
@@ -692,21 +911,29 @@ class Trainer:
                                 for k, (a, b) in diff.items())
             raise CheckpointError(f"{folder} holds a different model ({listing}); use the same "
                                   "model settings, or a new out_dir to start afresh")
-        st_load_model(self.model, str(folder / "model.safetensors"), device=str(self.device))
+        _load_weights(self.model, folder, str(self.device))
         try:
             state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
+            missing = [k for k in ("step", "tokens_seen", "optimizer", "scaler", "rng_cpu",
+                                   "rng_cuda") if k not in state]
+            if missing:
+                raise ValueError(f"it has no {', '.join(missing)}")
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng_cpu"])
+            if state["rng_cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["rng_cuda"])
         except Exception as err:  # a damaged file that still matched its checksum is unlikely
-            raise CheckpointError(f"{folder}/trainer.pt cannot be read: {err}") from err
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+            why = " ".join(str(err).split())
+            raise CheckpointError(f"{folder}/trainer.pt cannot be restored: {why:.300}") from err
         if self.ddp.rank:
             torch.manual_seed(self.config.seed + self.ddp.rank + state["step"])
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
         self.last_checkpoint = folder
+        root = self.out_dir / "checkpoints"
+        same_run = root.is_dir() and folder.parent.resolve() == root.resolve()
+        self._foreign = [] if same_run else _existing(root)
         return folder
 
     # ------------------------------------------------------------------ logging
@@ -721,6 +948,7 @@ class Trainer:
     def _start_log(self) -> None:
         """Keep only the records up to the step we start from (a resumed run rewrites the
         steps after its checkpoint)."""
+        self._check_not_foreign()  # before a new run's log replaces an old run's
         if not self.ddp.is_main:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)

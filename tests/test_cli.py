@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from gptcourse.cli import main
 from gptcourse.tokenizer import BPETokenizer
 
@@ -71,3 +74,96 @@ def test_prepare_with_a_preset_takes_its_recipe(tmp_path, capsys):
 def test_prepare_without_a_source_is_a_clear_error(tmp_path, capsys):
     assert main(["prepare", "--out", str(tmp_path)]) == 2
     assert "name a SOURCE and --out DIR" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ train: runs are never lost
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """6,000 random ids of a 50-token vocabulary (no tokenizer: samples are off)."""
+    from gptcourse.data import ShardWriter
+
+    folder = tmp_path_factory.mktemp("tiny")
+    ids = np.random.default_rng(0).integers(0, 50, 6000)
+    with ShardWriter(folder, vocab_size=50) as w:
+        w.add("train", ids[:5400])
+        w.add("val", ids[5400:])
+        w.finish()
+    return folder
+
+
+def _train(data, out, *extra):
+    return main(["train", "--data", str(data), "--out-dir", str(out), "--block-size", "16",
+                 "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--batch-size", "2",
+                 "--warmup-steps", "1", "--eval-interval", "2", "--eval-batches", "1",
+                 "--log-interval", "1", "--progress", "false", "--plots", "false", *extra])
+
+
+@pytest.fixture
+def run4(tiny_data, tmp_path, capsys):
+    """A finished 4-step run: checkpoints step_000002 and step_000004 (latest)."""
+    out = tmp_path / "run"
+    assert _train(tiny_data, out, "--max-steps", "4") == 0
+    capsys.readouterr()
+    return out
+
+
+def test_train_resume_with_a_dangling_latest_falls_back_and_says_so(tiny_data, run4, capsys):
+    (run4 / "checkpoints" / "latest").write_text("step_000099\n")
+    assert _train(tiny_data, run4, "--max-steps", "6", "--resume") == 0
+    out = capsys.readouterr().out
+    assert "points at step_000099, which does not exist" in out
+    assert "resuming" in out and "from step 4" in out
+    assert (run4 / "checkpoints" / "latest").read_text().strip() == "step_000006"
+    assert (run4 / "checkpoints" / "step_000004").is_dir()  # nothing was pruned out of turn
+
+
+def test_train_resume_with_no_valid_checkpoint_is_a_one_line_error(tiny_data, run4, capsys):
+    (run4 / "checkpoints" / "latest").unlink()
+    for step in (2, 4):
+        (run4 / "checkpoints" / f"step_{step:06d}" / "checkpoint.json").write_text("{")
+    assert _train(tiny_data, run4, "--max-steps", "6", "--resume") == 2
+    captured = capsys.readouterr()
+    assert "starting" not in captured.out
+    err = captured.err.strip()
+    assert err.startswith("gptcourse train: error: no valid checkpoint") and "\n" not in err
+    assert "--overwrite" in err
+    assert sorted(p.name for p in (run4 / "checkpoints").iterdir()) == [
+        "step_000002", "step_000004"]
+
+
+def test_train_without_resume_refuses_even_with_a_broken_latest(tiny_data, run4, capsys):
+    (run4 / "checkpoints" / "latest").write_text("")
+    assert _train(tiny_data, run4, "--max-steps", "4") == 2
+    assert "pass --resume to continue that run, --overwrite" in capsys.readouterr().err
+
+
+def test_train_resume_path_and_overwrite(tiny_data, run4, capsys):
+    assert _train(tiny_data, run4, "--max-steps", "3", "--resume",
+                  str(run4 / "checkpoints" / "step_000002")) == 0
+    assert "from step 2" in capsys.readouterr().out
+    assert (run4 / "checkpoints" / "latest").read_text().strip() == "step_000003"
+    assert _train(tiny_data, run4, "--max-steps", "2", "--overwrite") == 0
+    assert sorted(p.name for p in (run4 / "checkpoints").iterdir()) == ["latest", "step_000002"]
+
+
+def test_train_resume_auto_or_new_starts_a_new_run_in_an_empty_folder(tiny_data, tmp_path, capsys):
+    assert _train(tiny_data, tmp_path / "new", "--max-steps", "2", "--resume=auto-or-new") == 0
+    assert "starting a new run" in capsys.readouterr().out
+    assert _train(tiny_data, tmp_path / "other", "--max-steps", "2", "--resume") == 2
+    assert "no checkpoint in" in capsys.readouterr().err
+
+
+def test_prepare_a_latin1_or_empty_file_is_a_one_line_error(tmp_path, capsys):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("Caf\u00e9 au lait, twice.\n\nA na\u00efve r\u00e9sum\u00e9.\n".encode("latin-1"))
+    assert main(["prepare", str(latin), "--out", str(tmp_path / "a"), "--tokenizer", "char"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("gptcourse prepare: error:") and "is not valid utf-8" in err
+    assert main(["prepare", str(latin), "--out", str(tmp_path / "b"), "--tokenizer", "char",
+                 "--encoding", "latin-1", "--no-clean"]) == 0
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert main(["prepare", str(empty), "--out", str(tmp_path / "c")]) == 2
+    assert "empty.txt is empty (0 bytes)" in capsys.readouterr().err

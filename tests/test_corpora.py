@@ -407,3 +407,30 @@ def test_file_modified_after_verification_is_checked_again(http_server, cache, r
     p.write_bytes(b"version two, longer")  # changes size and mtime
     with pytest.raises(CorpusError):
         corpora.path("t-mod", download=False)
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (reused this quickly only in theory)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_parts_left_by_killed_downloads_are_removed_by_the_next(http_server, cache, register):
+    data = payload(1000)
+    url = http_server.serve("/k.txt", data)
+    register(Corpus("t-killed", "k.txt", url, sha(data)))
+    host = corpora._host()
+    dead = cache / f".k.txt.{host}-{_dead_pid()}.abc123.part"  # its process is gone
+    idle = cache / ".k.txt.q9z8.part"  # an older name, untouched for an hour
+    live = cache / f".k.txt.{host}-{os.getpid()}.live01.part"  # a download still running
+    other = cache / ".other.txt.x1.part"  # another file's: not ours to judge
+    for f in (dead, idle, live, other):
+        f.write_bytes(b"half a file")
+    hour_ago = os.stat(idle).st_mtime - 3600
+    os.utime(idle, (hour_ago, hour_ago))
+    assert corpora.path("t-killed").read_bytes() == data
+    assert files_under(cache) == sorted(["k.txt", live.name, other.name])

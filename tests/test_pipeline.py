@@ -517,6 +517,46 @@ def test_load_txt_folder_by_paragraph_or_document(tmp_path):
     assert len(load_documents(str(folder / "*.txt"), cache_dir=tmp_path / "c3")) == 2
 
 
+def test_empty_file_is_a_clear_error_not_a_datasets_traceback(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(SourceError, match="empty.txt is empty \\(0 bytes\\)"):
+        prepare(empty, tmp_path / "out", tokenizer="char", verbose=False)
+    (tmp_path / "more.txt").write_text("Some words.\n", encoding="utf-8")  # one empty file is fine
+    assert load_documents(tmp_path, cache_dir=tmp_path / "c")["text"] == ["Some words.\n"]
+
+
+LATIN1 = "Caf\u00e9 au lait.\n\nNa\u00efve r\u00e9sum\u00e9.\n".encode("latin-1")
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_latin1_file_names_the_file_the_byte_and_the_fix(tmp_path, streaming):
+    f = tmp_path / "latin.txt"
+    f.write_bytes(LATIN1)
+    with pytest.raises(SourceError) as err:
+        prepare(f, tmp_path / "out", tokenizer="char", streaming=streaming, verbose=False)
+    message = str(err.value)
+    assert f"{f} is not valid utf-8: byte 3 is b'\\xe9 au'" in message
+    assert "--encoding latin-1" in message and "\n" not in message
+
+
+def test_encoding_option_reads_latin1_text(tmp_path):
+    f = tmp_path / "latin.txt"
+    f.write_bytes(LATIN1)
+    ds = load_documents(f, encoding="latin-1", cache_dir=tmp_path / "c")
+    assert [t.strip() for t in ds["text"]] == ["Caf\u00e9 au lait.", "Na\u00efve r\u00e9sum\u00e9."]
+    with pytest.raises(SourceError, match="unknown encoding 'klingon'"):
+        load_documents(f, encoding="klingon", cache_dir=tmp_path / "c")
+
+
+def test_prepare_removes_what_a_killed_prepare_left(tmp_path):
+    out = tmp_path / "out"
+    (out / ".cache-k1ll3d" / "arrow").mkdir(parents=True)
+    (out / ".train_000000.bin.x1.part").write_bytes(b"\x00")
+    prepare("stories", out, tokenizer="char", max_documents=20, clean=False, verbose=False)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+
+
 def test_unknown_tokenizer_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown tokenizer 'nope'"):
         prepare("tinyshakespeare", tmp_path / "out", tokenizer="nope", verbose=False)

@@ -110,9 +110,9 @@ def test_corrupt_shard_fails_verification(tmp_path):
     data = bytearray(f.read_bytes())
     data[0] ^= 1
     f.write_bytes(bytes(data))
-    TokenShards(tmp_path)  # sizes still match
-    with pytest.raises(ShardError, match="sha256"):
-        TokenShards(tmp_path, verify=True)
+    with pytest.raises(ShardError, match="does not match its sha256"):
+        TokenShards(tmp_path)  # verified by default, although the sizes still match
+    assert len(TokenShards(tmp_path, verify=False)) == 30  # the opt-out for speed
 
 
 def test_writer_refuses_to_mix_with_old_shards(tmp_path):
@@ -165,3 +165,47 @@ def test_from_ids_can_carry_the_entropy_floor():
 def test_from_ids_rejects_impossible_facts(bad):
     with pytest.raises(ValueError, match="must be"):
         TokenShards.from_ids(np.arange(10), 10, **bad)
+
+
+def _edit_meta(folder, edit):
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps(edit(meta)))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8", "uint8", "bogus"])
+def test_meta_with_a_dtype_the_writer_never_writes_is_refused(tmp_path, dtype):
+    _write(tmp_path, {"train": np.arange(30)})
+    _edit_meta(tmp_path, lambda m: {**m, "dtype": dtype})
+    with pytest.raises(ShardError, match=f"has dtype '{dtype}'; shards hold token ids as uint16"):
+        TokenShards(tmp_path, verify=False)
+
+
+@pytest.mark.parametrize("key", ["dtype", "vocab_size", "splits"])
+def test_meta_without_a_key_names_the_key_and_the_file(tmp_path, key):
+    _write(tmp_path, {"train": np.arange(30)})
+    _edit_meta(tmp_path, lambda m: {k: v for k, v in m.items() if k != key})
+    with pytest.raises(ShardError, match=f"meta.json has no '{key}' key"):
+        TokenShards(tmp_path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: [m], "holds a JSON list, not an object"),
+    (lambda m: {**m, "vocab_size": 70_000}, "vocab_size 70,000 does not fit dtype uint16"),
+    (lambda m: {**m, "splits": {"train": {"tokens": 30}}}, "splits.train has no 'shards' list"),
+    (lambda m: {**m, "splits": {"train": {"tokens": 30, "shards": [{"file": "train_000000.bin"}]}}},
+     "shard 0 of split 'train' has no valid 'tokens'"),
+], ids=["list", "vocab-too-big", "no-shards", "no-tokens"])
+def test_malformed_meta_is_a_shard_error_naming_the_file(tmp_path, edit, message):
+    _write(tmp_path, {"train": np.arange(30)})
+    _edit_meta(tmp_path, edit)
+    with pytest.raises(ShardError, match=message) as err:
+        TokenShards(tmp_path)
+    assert "meta.json" in str(err.value)
+
+
+def test_writer_removes_the_part_files_of_a_killed_writer(tmp_path):
+    (tmp_path / ".train_000000.bin.k1ll.part").write_bytes(b"\x01\x00")
+    (tmp_path / ".meta.json.x9.part").write_text("{")
+    _write(tmp_path, {"train": np.arange(10)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "meta.json", "train_000000.bin", "train_000001.bin"]

@@ -26,11 +26,13 @@ from gptcourse.model import GPT, GPTConfig
 from gptcourse.tokenizer import get_tokenizer
 from gptcourse.train import (
     CheckpointError,
+    CheckpointWarning,
     TrainConfig,
     Trainer,
     TrainingDiverged,
     amp_dtype,
     find_checkpoint,
+    list_checkpoints,
     load_model,
     lr_at,
     optimizer_groups,
@@ -381,3 +383,197 @@ def test_compiled_training_matches_and_saves_clean_names(verdict_shards, tmp_pat
 
     with safe_open(find_checkpoint(tmp_path / "compiled") / "model.safetensors", "pt") as f:
         assert not [k for k in f.keys() if "_orig_mod" in k]
+
+
+# ------------------------------------------------------------------ runs are never lost (issue 12)
+
+
+@pytest.fixture(scope="module")
+def finished_run(verdict_shards, tmp_path_factory) -> Path:
+    """A 4-step run with checkpoints step_000002 and step_000004 (latest); copy before use."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    _trainer(verdict_shards, out, max_steps=4, eval_interval=2).fit()
+    return out
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def _resumed(shards: Path, out: Path, resume, overwrite: bool = False, **kw) -> Trainer:
+    train = TokenShards(shards, "train")
+    defaults = dict(out_dir=str(out), max_steps=6, batch_size=4, lr=3e-3, warmup_steps=2,
+                    eval_interval=2, eval_batches=4, log_interval=1, progress=False, plots=False)
+    cfg = GPTConfig(vocab_size=train.vocab_size, **TINY)
+    return Trainer(cfg, train, None, TrainConfig(**{**defaults, **kw}), resume=resume,
+                   overwrite=overwrite)
+
+
+def _break_latest(ckpts: Path, how: str) -> None:
+    if how == "dangling":
+        (ckpts / "latest").write_text("step_000099\n")
+    elif how == "empty":
+        (ckpts / "latest").write_text("")
+    elif how == "deleted":
+        (ckpts / "latest").unlink()
+    else:  # "unfinished": latest names a folder whose save never wrote checkpoint.json
+        (ckpts / "step_000004" / "checkpoint.json").unlink()
+
+
+@pytest.mark.parametrize("how", ["dangling", "empty", "deleted", "unfinished"])
+def test_resume_without_a_valid_latest_falls_back_to_the_newest_valid(
+        verdict_shards, finished_run, tmp_path, how):
+    run = _copy(finished_run, tmp_path)
+    _break_latest(run / "checkpoints", how)
+    if how != "unfinished":  # the newest checkpoint must also verify to be chosen
+        weights = run / "checkpoints" / "step_000004" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.warns(CheckpointWarning, match="using the newest valid checkpoint"):
+        t = _resumed(verdict_shards, run, "require")
+    assert t.step == 2 and t.last_checkpoint.name == "step_000002"
+    assert "step_000002" in t.resume_note
+
+
+def test_resume_with_no_valid_checkpoint_names_what_it_found_and_keeps_it(
+        verdict_shards, finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    (run / "checkpoints" / "latest").unlink()
+    for step in (2, 4):
+        (run / "checkpoints" / f"step_{step:06d}" / "trainer.pt").write_bytes(b"garbage")
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    for resume in (True, "require"):  # True starts a new run only when there is nothing
+        with pytest.raises(CheckpointError) as err:
+            _resumed(verdict_shards, run, resume)
+        message = str(err.value)
+        assert "no valid checkpoint" in message and "\n" not in message
+        assert "step_000002/trainer.pt" in message and "step_000004/trainer.pt" in message
+        assert "overwrite" in message
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+
+
+def test_resume_true_starts_a_new_run_only_in_an_empty_folder(verdict_shards, tmp_path):
+    assert _resumed(verdict_shards, tmp_path / "new", True).step == 0
+    with pytest.raises(CheckpointError, match="no checkpoint in .* to resume from"):
+        _resumed(verdict_shards, tmp_path / "new", "require")
+
+
+def test_resume_from_a_chosen_checkpoint(verdict_shards, finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    t = _resumed(verdict_shards, run, run / "checkpoints" / "step_000002")
+    assert t.step == 2 and t.resume_note is None
+
+
+def test_new_run_over_existing_checkpoints_is_refused_before_writing(
+        verdict_shards, finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    metrics = (run / "metrics.jsonl").read_text()
+    t = _resumed(verdict_shards, run, False)
+    with pytest.raises(CheckpointError, match="already holds checkpoints of another run"):
+        t.fit()
+    with pytest.raises(CheckpointError, match="resume=True .* overwrite=True"):
+        t.save_checkpoint()
+    assert (run / "metrics.jsonl").read_text() == metrics  # the old run's log is intact
+    assert find_checkpoint(run).name == "step_000004"
+
+
+def test_overwrite_deletes_the_old_checkpoints_and_starts_afresh(
+        verdict_shards, finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    t = _resumed(verdict_shards, run, False, overwrite=True, max_steps=2)
+    assert t.step == 0
+    t.fit()
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step_000002"]
+    with pytest.raises(ValueError, match="exclude each other"):
+        _resumed(verdict_shards, run, True, overwrite=True)
+
+
+def test_pruning_orders_by_step_number_not_by_name(verdict_shards, tmp_path):
+    t = _trainer(verdict_shards, tmp_path, keep_checkpoints=2)
+    for step in (999_999, 1_000_000, 1_000_001):
+        t.step = step
+        t.save_checkpoint()
+    # by name "step_999999" sorts last, and the newest two would have been pruned to one
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == [
+        "step_1000000", "step_1000001"]
+    assert find_checkpoint(tmp_path).name == "step_1000001"
+
+
+def test_pruning_never_removes_latest_after_resuming_an_older_checkpoint(
+        verdict_shards, finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    t = _resumed(verdict_shards, run, run / "checkpoints" / "step_000002", max_steps=3,
+                 keep_checkpoints=1)
+    t.fit()
+    # step_000004 is a later step of the abandoned branch: left alone, not counted
+    assert find_checkpoint(run).name == "step_000003"
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == [
+        "step_000003", "step_000004"]
+
+
+def test_a_killed_save_leaves_nothing_after_the_next_save(verdict_shards, finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    ckpts = run / "checkpoints"
+    (ckpts / ".step_000006.k1ll3d").mkdir()
+    (ckpts / ".step_000006.k1ll3d" / "model.safetensors").write_bytes(b"half")
+    (ckpts / ".latest.x1.part").write_text("step_0")
+    t = _resumed(verdict_shards, run, True)
+    t.train_step()
+    t.save_checkpoint()
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.startswith(".")) == []
+
+
+def _edit_meta(folder: Path, edit) -> None:
+    file = folder / "checkpoint.json"
+    file.write_text(json.dumps(edit(json.loads(file.read_text()))))
+
+
+def _bad_header(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    _edit_meta(folder, lambda m: {**m, "files": {**m["files"],
+                                                 "model.safetensors": corpora.sha256_file(weights)}})
+
+
+def _drop(key: str):
+    return lambda m: {k: v for k, v in m.items() if k != key}
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: _edit_meta(f, lambda m: [m]), "holds a JSON list, not an object"),
+    (lambda f: _edit_meta(f, _drop("files")), "has no 'files' key"),
+    (lambda f: _edit_meta(f, _drop("model_config")), "has no 'model_config' key"),
+    (lambda f: _edit_meta(f, lambda m: {**m, "files": {}}), "lists no sha256 for model.safetensors"),
+    (lambda f: _edit_meta(f, lambda m: {**m, "model_config": {**m["model_config"], "n_layr": 2}}),
+     "model_config is not a valid GPTConfig"),
+    (_bad_header, "model.safetensors cannot be loaded into the model"),
+], ids=["list", "no-files", "no-model-config", "no-weights-sha", "bad-config", "bad-header"])
+def test_damaged_checkpoint_is_one_line_naming_the_file(finished_run, tmp_path, damage, message):
+    run = _copy(finished_run, tmp_path)
+    damage(run / "checkpoints" / "step_000004")
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_model(run)
+    assert "step_000004" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_weights_are_verified_on_every_load(verdict_shards, finished_run, tmp_path):
+    run = _copy(finished_run, tmp_path)
+    weights = run / "checkpoints" / "step_000004" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit: the file still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its sha256"):
+        load_model(run)
+    with pytest.raises(CheckpointError, match="does not match its sha256"):
+        _resumed(verdict_shards, run, True)
+
+
+def test_tokenizer_that_does_not_fit_the_embedding_fails_at_load(finished_run, tmp_path):
+    from gptcourse.serve import load_for_serving
+
+    run = _copy(finished_run, tmp_path)
+    _edit_meta(run / "checkpoints" / "step_000004",
+               lambda m: {**m, "tokenizer": {"name": "gpt2"}})  # 50,257 ids, 61 rows
+    with pytest.raises(CheckpointError, match="has 50,257 tokens but the model's embedding"):
+        load_model(run)
+    with pytest.raises(CheckpointError, match="does not belong to these weights"):
+        load_for_serving(run, device="cpu")

@@ -198,10 +198,49 @@ def _local_files(source: str) -> list[str] | None:
     return None
 
 
-def _load_files(files: list[str], *, sample_by: str | None, streaming: bool,
-                cache_dir: Path) -> Dataset | IterableDataset:
-    from datasets import load_dataset
+def _decode_error(files: list[str], encoding: str) -> str | None:
+    """Where the first of ``files`` stops being valid ``encoding`` (read only after a failure:
+    it reads the files again, decompressing as ``datasets`` does)."""
+    import codecs
 
+    import fsspec
+
+    for file in files:
+        decoder = codecs.getincrementaldecoder(encoding)()
+        done = 0
+        with fsspec.open(file, "rb", compression="infer") as f:
+            while block := f.read(1 << 20):
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError as err:
+                    bad = block[err.start:err.start + 4]
+                    return (f"{file} is not valid {encoding}: byte {done + err.start:,} is "
+                            f"{bad!r} ({err.reason})")
+                done += len(block)
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError as err:
+                return f"{file} is not valid {encoding}: it ends inside a character ({err.reason})"
+    return None
+
+
+def _load_files(files: list[str], *, sample_by: str | None, streaming: bool,
+                cache_dir: Path, encoding: str = "utf-8") -> Dataset | IterableDataset:
+    import codecs
+
+    from datasets import load_dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise SourceError(f"unknown encoding {encoding!r}; use e.g. utf-8, latin-1 or "
+                          "cp1252") from None
+    empty = [f for f in files if os.path.getsize(f) == 0]
+    if len(empty) == len(files):
+        listed = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        raise SourceError(f"{listed} {'is' if len(empty) == 1 else 'are'} empty (0 bytes): "
+                          "there is no text to prepare")
     kinds = {_file_kind(f) for f in files}
     if None in kinds:
         bad = next(f for f in files if _file_kind(f) is None)
@@ -216,8 +255,26 @@ def _load_files(files: list[str], *, sample_by: str | None, streaming: bool,
         kwargs["sample_by"] = sample_by or "paragraph"
     elif sample_by is not None:
         raise SourceError(f"sample_by applies to text files, not to {kind} files")
-    return load_dataset(kind, data_files=files, split="train", streaming=streaming,
-                        cache_dir=str(cache_dir), **kwargs)
+    if kind != "parquet":
+        kwargs["encoding"] = encoding
+    elif encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        raise SourceError("encoding applies to text, json and csv files, not to parquet")
+    try:
+        return load_dataset(kind, data_files=files, split="train", streaming=streaming,
+                            cache_dir=str(cache_dir), **kwargs)
+    except DatasetGenerationError as err:
+        raise _source_error(err, files, encoding) from None
+
+
+def _source_error(err: Exception, files: list[str], encoding: str) -> SourceError:
+    """What ``datasets``' ``DatasetGenerationError`` while reading ``files`` was about."""
+    cause = err.__cause__ or err.__context__ or err
+    if isinstance(cause, UnicodeDecodeError):
+        where = _decode_error(files, encoding) or f"a file is not valid {encoding}"
+        return SourceError(f"{where}; pass the file's encoding (CLI: --encoding latin-1, or "
+                           "cp1252 for Windows text) or convert it to UTF-8")
+    more = " and the other files" if len(files) > 1 else ""
+    return SourceError(f"cannot read {files[0]}{more}: {type(cause).__name__}: {cause}")
 
 
 def _load_corpus(name: str, sample_by: str | None) -> Dataset:
@@ -286,7 +343,8 @@ def _load_hub(spec: str, *, split: str, streaming: bool,
 
 def load_documents(source: str | os.PathLike, *, split: str = "train", streaming: bool = False,
                    text_column: str = "text", sample_by: str | None = None, seed: int = 0,
-                   cache_dir: str | os.PathLike | None = None) -> Dataset | IterableDataset:
+                   cache_dir: str | os.PathLike | None = None,
+                   encoding: str = "utf-8") -> Dataset | IterableDataset:
     """Documents from ``source`` as a ``datasets.Dataset`` with a ``text`` column.
 
     ``source`` is, in this order of precedence:
@@ -301,7 +359,9 @@ def load_documents(source: str | os.PathLike, *, split: str = "train", streaming
       data files (needs the network), its ``split``;
     * a local file, folder (every data file inside, recursively) or glob pattern of ``.txt``
       (cut by ``sample_by``: ``"paragraph"`` (default), ``"line"`` or ``"document"``, one per
-      file), ``.jsonl``/``.json``, ``.parquet`` or ``.csv`` files (optionally compressed).
+      file), ``.jsonl``/``.json``, ``.parquet`` or ``.csv`` files (optionally compressed),
+      read as ``encoding`` (default UTF-8; e.g. ``"latin-1"``). A file that is not valid in
+      it, or sources made only of empty files, are a :class:`SourceError` naming the file.
 
     ``text_column`` names the column holding the text; it is renamed ``text``. With
     ``streaming=True`` the result is an ``IterableDataset`` (read lazily). Arrow files go to
@@ -330,7 +390,8 @@ def load_documents(source: str | os.PathLike, *, split: str = "train", streaming
                 f"unknown source {src!r}: not a registered text corpus "
                 f"({', '.join(sorted(CORPUS_DOCUMENTS))}), not 'stories[:N]', not "
                 "'hf:owner/name[:config]', and no such file, folder or glob")
-        ds = _load_files(files, sample_by=sample_by, streaming=streaming, cache_dir=cache)
+        ds = _load_files(files, sample_by=sample_by, streaming=streaming, cache_dir=cache,
+                         encoding=encoding)
     names = list(ds.column_names or []) if ds.column_names is not None else None
     if names is not None and text_column not in names:
         raise SourceError(f"{src} has no column {text_column!r}; its columns are "
@@ -864,12 +925,12 @@ def prepare(source: str | os.PathLike, out_dir: str | os.PathLike, *,
             streaming: bool = False, num_proc: int | None = None,
             max_documents: int | None = None, shard_tokens: int = 100_000_000,
             batch_size: int = 1000, tokenizer_train_chars: int = 20_000_000,
-            overwrite: bool = False, verbose: bool = True, progress: bool | None = None
-            ) -> dict[str, Any]:
+            overwrite: bool = False, verbose: bool = True, progress: bool | None = None,
+            encoding: str = "utf-8") -> dict[str, Any]:
     """Load ``source``, clean it, tokenize it and write shards to ``out_dir``; returns the
     metadata (also in ``out_dir/meta.json``) and prints a short summary when ``verbose``.
 
-    * ``source``, ``split``, ``text_column``, ``sample_by``, ``streaming``: see
+    * ``source``, ``split``, ``text_column``, ``sample_by``, ``streaming``, ``encoding``: see
       :func:`load_documents` (``seed`` also seeds ``"stories"``); ``max_documents`` keeps the
       first documents only (a streamed source is read no further).
     * ``clean=False`` skips every cleaning step. Otherwise :func:`clean_dataset` runs with
@@ -887,6 +948,7 @@ def prepare(source: str | os.PathLike, out_dir: str | os.PathLike, *,
       :func:`tokenize_to_shards`. ``overwrite`` replaces existing shards in ``out_dir``.
     """
     from datasets import Dataset, IterableDataset
+    from datasets.exceptions import DatasetGenerationError
 
     from ..tokenizer import get_tokenizer
 
@@ -911,6 +973,8 @@ def prepare(source: str | os.PathLike, out_dir: str | os.PathLike, *,
     progress = verbose if progress is None else progress
     say = print if verbose else (lambda *a, **k: None)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".cache-*"):  # the datasets cache of a prepare that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".cache-", dir=out_dir,
                                      ignore_cleanup_errors=True) as cache, \
@@ -921,13 +985,17 @@ def prepare(source: str | os.PathLike, out_dir: str | os.PathLike, *,
 
             load_src = f"stories:{min(max_documents, stories.DEFAULT_STORIES)}"
         ds = load_documents(load_src, split=split, streaming=streaming, text_column=text_column,
-                            sample_by=sample_by, seed=seed, cache_dir=cache)
+                            sample_by=sample_by, seed=seed, cache_dir=cache,
+                            encoding=encoding)
         if isinstance(ds, IterableDataset):
             if max_documents is not None:
                 ds = ds.take(max_documents)
             stream = ds
-            ds = Dataset.from_generator(lambda: iter(stream), cache_dir=cache,
-                                        fingerprint=_fingerprint())
+            try:  # a streamed source is read only now
+                ds = Dataset.from_generator(lambda: iter(stream), cache_dir=cache,
+                                            fingerprint=_fingerprint())
+            except DatasetGenerationError as err:
+                raise _source_error(err, _local_files(src) or [src], encoding) from None
         elif max_documents is not None and max_documents < len(ds):
             ds = ds.select(range(max_documents))
         if clean:

