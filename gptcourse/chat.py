@@ -8,7 +8,7 @@ In-process, each turn is the server's own generation (:class:`gptcourse.serve`'s
 chat template of :func:`gptcourse.finetune.instruct.messages_to_prompt`, the end-of-text token
 and ``"\\n###"`` end an answer), so an answer equals what ``gptcourse serve`` sends for the same
 messages and ``--seed``. With ``--url`` the answer streams from ``POST /chat/completions``
-(server-sent events; any OpenAI-compatible server), with the standard library only.
+(server-sent events; any OpenAI-compatible server) through :class:`gptcourse.client.Client`.
 
 The history (every earlier turn, after the ``--system`` message) goes with each new message.
 When the prompt would not fit the model's context -- in-process: the prompt plus the answer's
@@ -21,12 +21,11 @@ chat; Ctrl-C during an answer stops that answer only (the turn is not kept).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import IO, Any
+
+from .client import APIError, Client
 
 __all__ = ["Chat", "ChatError", "LocalBackend", "RemoteBackend", "add_arguments", "main", "run"]
 
@@ -87,77 +86,43 @@ def _texts(pieces) -> Iterator[str]:
 
 
 class RemoteBackend:
-    """Stream answers from an OpenAI-compatible server at ``url`` (ending in ``/v1``)."""
+    """Stream answers from an OpenAI-compatible server at ``url`` (with or without ``/v1``),
+    through :class:`gptcourse.client.Client`."""
 
     def __init__(self, url: str, api_key: str | None = None, model: str | None = None,
                  timeout: float = 600.0) -> None:
-        self.url = url.rstrip("/")
-        self.api_key = api_key
-        self.timeout = timeout
+        self.client = Client(url, api_key, timeout)
         self.context = None  # the API does not say; the server's errors tell
-        self.where = self.url
+        self.where = self.client.base
         if model is None:
-            models = self._request("GET", "/models")
-            data = models.get("data") or [{}]
-            model = data[0].get("id") or "gptcourse"
-        self.name = model
-
-    def _open(self, method: str, path: str, body: dict | None = None):
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
-        try:
-            return urllib.request.urlopen(req, timeout=self.timeout)  # noqa: S310 (http(s) only)
-        except urllib.error.HTTPError as err:
-            raw = err.read().decode("utf-8", "replace")
             try:
-                info = json.loads(raw)["error"]
-                message, code = info.get("message") or raw, info.get("code")
-            except (ValueError, KeyError, TypeError, AttributeError):
-                message, code = raw.strip() or err.reason, None
-            raise ChatError(f"the server answered {err.code}: {message}", code) from None
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise ChatError(f"cannot reach {self.url}: {reason}") from None
-
-    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
-        with self._open(method, path, body) as resp:
-            return json.loads(resp.read())
+                model = (self.client.models() or ["gptcourse"])[0]
+            except APIError as err:
+                raise ChatError(str(err), err.code) from None
+        self.name = model
 
     def count(self, messages: list[dict]) -> int | None:
         return None
 
     def reply(self, messages: list[dict], **options: Any) -> Iterator[str]:
-        body = {"model": self.name, "messages": messages, "stream": True,
-                **{k: v for k, v in options.items() if v is not None}}
-        resp = self._open("POST", "/chat/completions", body)  # raises on a 4xx/5xx
-        return self._events(resp)
-
-    @staticmethod
-    def _events(resp) -> Iterator[str]:
-        try:
-            for raw in resp:
-                line = raw.decode("utf-8").strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                event = json.loads(data)
-                if "error" in event:
-                    err = event["error"] or {}
-                    raise ChatError(f"the server failed: {err.get('message')}", err.get("code"))
-                for choice in event.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        yield text
-        finally:
-            resp.close()  # the server stops generating when we leave early
+        try:  # the request is sent here: a 4xx/5xx is raised before the iterator is returned
+            pieces = self.client.chat_stream(messages, self.name, **options)
+        except APIError as err:
+            raise ChatError(str(err), err.code) from None
+        return _as_chat_errors(pieces)
 
     def close(self) -> None:
         pass
+
+
+def _as_chat_errors(pieces: Iterator[str]) -> Iterator[str]:
+    """``pieces``, with the client's errors while streaming raised as ChatError."""
+    try:
+        yield from pieces
+    except APIError as err:
+        raise ChatError(str(err), err.code) from None
+    finally:
+        pieces.close()  # the server stops generating when we leave early
 
 
 class Chat:

@@ -33,6 +33,7 @@ from gptcourse.finetune.classify import (
 from gptcourse.finetune.lora import lora_layers
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.tokenizer import CharTokenizer
+from gptcourse.train import Trainer, TrainingDiverged, optimizer_groups
 
 ATOL = 1e-5
 # C = 8: a block has 12 C^2 + 13 C = 872 parameters; wte 100 x 8 = 800, wpe 16 x 8 = 128,
@@ -349,6 +350,52 @@ def test_train_rejects_frozen_model_and_long_texts():
     set_trainable(clf, "all")
     with pytest.raises(ValueError, match="max_length=16"):
         train_classifier(clf, long, None, ClassifierConfig(progress=False, device="cpu"))
+
+
+def test_training_steps_through_the_trainer(monkeypatch):
+    """One training loop in the library: every optimizer step is Trainer.train_step."""
+    calls = []
+    step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self: calls.append(1) or step(self))
+    train = ClassificationDataset(toy_data(40, 0), TOY_TOK)
+    clf = classifier(cfg=TOY)
+    set_trainable(clf, "head")
+    cfg = ClassifierConfig(epochs=2, batch_size=8, progress=False, device="cpu")
+    history = train_classifier(clf, train, None, cfg)
+    assert len(calls) == 10 and history[-1]["step"] == 10  # 5 batches a epoch, 2 epochs
+
+
+def test_training_equals_a_plain_adamw_loop():
+    """The same batches, order and updates as AdamW over data.loader(shuffle=True, seed):
+    weights equal to 1e-6 (no dropout, no clipping: only float rounding may differ)."""
+    train = ClassificationDataset(toy_data(40, 0), TOY_TOK)
+    cfg = ClassifierConfig(epochs=2, batch_size=8, lr=3e-3, grad_clip=0.0, progress=False,
+                           device="cpu", seed=5)
+    clf = classifier(cfg=TOY)
+    set_trainable(clf, "all")
+    ref = classifier(cfg=TOY)
+    set_trainable(ref, "all")
+    train_classifier(clf, train, None, cfg)
+    opt = torch.optim.AdamW(optimizer_groups(ref, cfg.weight_decay), lr=cfg.lr)
+    ref.train()
+    loader = train.loader(cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)
+    for _ in range(cfg.epochs):
+        for ids, lengths, labels in loader:
+            torch.nn.functional.cross_entropy(ref(ids, lengths), labels).backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, a), b in zip(clf.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
+
+def test_a_diverging_run_raises_the_trainers_error():
+    train = ClassificationDataset(toy_data(16, 0), TOY_TOK)
+    clf = classifier(cfg=TOY)
+    set_trainable(clf, "head")
+    with torch.no_grad():
+        clf.head.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="at step 0"):
+        train_classifier(clf, train, None, ClassifierConfig(progress=False, device="cpu"))
 
 
 def test_restore_best_and_max_steps():

@@ -10,6 +10,8 @@ bit-identical.
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import socket
 import threading
@@ -382,6 +384,18 @@ def test_checkable_tasks_are_deterministic_balanced_and_distinct():
     assert len({(r["instruction"], r["input"]) for r in a}) == 45
 
 
+def test_checkable_records_are_pinned():
+    """Splitting instruct.py changed no record: sha256 of the JSON taken before the split
+    (lesson 11's saved outputs depend on these exact records)."""
+    def digest(obj):
+        return hashlib.sha256(json.dumps(obj).encode()).hexdigest()
+
+    assert digest(checkable_tasks(900, seed=0)) == (
+        "3ee864fa9de0c65e2c14a87fbcd27a4d830e21217a6c72d12e0dfc9f4576aa4c")
+    assert digest(checkable_splits(270, 90, seed=3)) == (
+        "1e211d040eea1572aa4e55bc9a3659d1096a05f12ba67fb01df5a72a2ff6627f")
+
+
 def test_checkable_splits_are_disjoint_balanced_and_deterministic():
     sets = checkable_splits(900, 90, n_val=20, seed=0)
     assert sets == checkable_splits(900, 90, n_val=20, seed=0)
@@ -573,3 +587,29 @@ def test_parse_score_takes_the_first_integer(text, score):
 def test_parse_score_rejects_missing_or_out_of_range(text):
     with pytest.raises(ValueError):
         parse_score(text)
+
+
+# ------------------------------------------------------------------ the layout
+
+
+def test_instruct_re_exports_the_modules_that_do_the_work():
+    from gptcourse import finetune
+    from gptcourse.finetune import checkable, instruct, judge, records, responses, supervised
+
+    homes = {name: mod for mod in (records, supervised, responses, checkable, judge)
+             for name in mod.__all__}
+    for name in instruct.__all__:
+        assert getattr(instruct, name) is getattr(homes[name], name), name
+        if name in finetune.__all__:
+            assert getattr(finetune, name) is getattr(instruct, name), name
+
+
+def test_finetune_modules_import_no_private_names():
+    """No module of gptcourse.finetune (nor the HTTP client) imports another's private name."""
+    import gptcourse
+
+    root = __import__("pathlib").Path(gptcourse.__file__).parent
+    for path in [*sorted((root / "finetune").glob("*.py")), root / "client.py"]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert not [a.name for a in node.names if a.name.startswith("_")], path.name

@@ -9,6 +9,8 @@ choices gives distinct texts whose probabilities sum to the probability of the s
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import math
 import random
 import re
@@ -17,7 +19,7 @@ from itertools import combinations
 
 import pytest
 
-from gptcourse import corpora, stories
+from gptcourse import corpora, stories, stories_engine, stories_grammar
 from gptcourse.corpora import CorpusError
 from gptcourse.stories import SEPARATOR, Story
 from gptcourse.tokenizer import CharTokenizer
@@ -37,6 +39,29 @@ def test_same_seed_same_stories():
     assert stories.generate(50, seed=3) == stories.generate(50, seed=3)
     it = stories.iter_stories(seed=3)
     assert [next(it) for _ in range(50)] == stories.generate(50, seed=3)
+
+
+def test_the_corpus_is_pinned_byte_for_byte():
+    """Moving the grammar's tables out of the engine changed no story: the sha256 of 500 stories
+    taken before the move (lessons' saved outputs and the benches' floors depend on them)."""
+    digest = hashlib.sha256(stories.text(500, seed=0).encode()).hexdigest()
+    assert digest == "439a991f63fb44cbcdae382c2136874d85b0e424e2434ecd0bf36d28a83a86b8"
+
+
+def test_grammar_tables_stay_importable_from_stories():
+    from gptcourse.stories import ADJ, COLOR, NAMES_F, TOY, T  # noqa: F401 (lessons use them)
+
+    assert stories.TOY is stories_grammar.TOY and isinstance(stories.NAMES, stories_engine.Table)
+
+
+def test_stories_modules_import_no_private_names():
+    import gptcourse
+
+    root = __import__("pathlib").Path(gptcourse.__file__).parent
+    for name in ("stories.py", "stories_engine.py", "stories_grammar.py"):
+        for node in ast.walk(ast.parse((root / name).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert not [a.name for a in node.names if a.name.startswith("_")], name
 
 
 def test_different_seeds_differ():
@@ -243,7 +268,7 @@ def test_logprob_rejects_non_text():
         stories.logprob(b"The end.")  # type: ignore[arg-type]
 
 
-class _Script(stories._Writer):
+class _Script(stories_engine.Writer):
     """A writer that takes its choices from ``script`` and, past it, forks every option."""
 
     def __init__(self, script, record=None):
@@ -269,7 +294,7 @@ def completions(prefix, cap):
     out, todo = [], [list(prefix)]
     while todo:
         w = _Script(todo.pop())
-        stories._story(w)
+        stories_grammar.story(w)
         out.append(("".join(w.out), w.lp))
         todo.extend(w.forks)
         if len(out) > cap:
@@ -281,7 +306,7 @@ def completions(prefix, cap):
 def test_completions_of_a_prefix_sum_to_its_probability(seed):
     """Fix a story's first choices; enumerate all endings: distinct texts, total = P(prefix)."""
     w = _Script([], record=random.Random(seed))
-    stories._story(w)
+    stories_grammar.story(w)
     path, lps = w.path, w.lps
     best = None
     for m in range(1, len(path)):  # the most trailing choices whose subtree has <= 1500 leaves
@@ -300,11 +325,11 @@ def test_completions_of_a_prefix_sum_to_its_probability(seed):
 
 
 def test_every_choice_table_is_a_distribution():
-    for t in stories._TABLES:
+    for t in stories_engine.TABLES:
         assert math.fsum(t.probs) == pytest.approx(1.0, abs=1e-12)
         assert all(p > 0 for p in t.probs) and t.cum[-1] == 1.0
         assert math.fsum(math.exp(lp) for lp in t.logp) == pytest.approx(1.0, abs=1e-12)
-    assert any(len(set(t.probs)) > 1 for t in stories._TABLES)  # skewed, not all uniform
+    assert any(len(set(t.probs)) > 1 for t in stories_engine.TABLES)  # skewed, not all uniform
 
 
 # --------------------------------------------------------------------------------------

@@ -5,9 +5,11 @@
 * :mod:`.classify` -- a classification head on the last real token (SMS spam): data loading,
   balanced stratified splits, padding collate, ``GPTClassifier``, which layers to train
   (``set_trainable``), training, metrics, confusion-matrix and curve plots;
-* :mod:`.instruct` -- instruction tuning: Alpaca prompts, the -100 collate with optional prompt
-  masking, ``InstructionData`` for :class:`gptcourse.train.Trainer`, ``sft``, responses,
-  checkable tasks and an optional OpenAI-compatible judge.
+* :mod:`.instruct` -- instruction tuning, gathered from :mod:`.records` (Alpaca prompts, chat
+  messages as prompts, the -100 collate with optional prompt masking), :mod:`.supervised`
+  (``InstructionData`` for :class:`gptcourse.train.Trainer`, ``sft``, the response loss),
+  :mod:`.responses` (generation), :mod:`.checkable` (checkable tasks) and :mod:`.judge` (an
+  optional OpenAI-compatible judge).
 """
 
 from .classify import (

@@ -15,7 +15,7 @@ The course's example is SMS spam (the UCI SMS Spam Collection, as in chapter 6 o
   so the result equals running the text alone;
 * :func:`set_trainable` -- which part learns: ``"head"``, ``"last_block"``, ``"last_2"``, ``k``
   last blocks, ``"all"``, or ``"lora"`` (:mod:`gptcourse.finetune.lora` adapters + the head);
-* :func:`train_classifier` (AdamW, loss/accuracy history), :func:`evaluate_classifier` and
+* :func:`train_classifier` (AdamW through :class:`gptcourse.train.Trainer`, loss/accuracy history), :func:`evaluate_classifier` and
   :func:`classification_metrics` (accuracy, precision / recall / F1 of the positive class,
   confusion matrix ``[[tn, fp], [fn, tp]]``), :func:`plot_history`, :func:`plot_confusion`;
 * :func:`predict` / :func:`classify_text` for new texts.
@@ -530,6 +530,66 @@ class ClassifierConfig:
         return dataclasses.asdict(self)
 
 
+class _TrainerData:
+    """A :class:`ClassificationDataset` in the shape :class:`gptcourse.train.Trainer` draws from.
+
+    Step ``s`` is batch ``s`` of the sequence of epochs a seeded shuffling DataLoader gives
+    (the generator seeded with the Trainer's seed), so the batches are those of
+    ``data.loader(batch_size, shuffle=True, seed=seed, drop_last=...)``, epoch after epoch.
+    A batch is ``(ids, targets)``: ``ids`` (B, T) padded, ``targets`` (B, 2) each row's label
+    and number of real tokens.
+    """
+
+    path = None  # not backed by a file (the Trainer records it in checkpoints)
+    entropy_per_token = None
+
+    def __init__(self, data: ClassificationDataset, batch_size: int, padding: str,
+                 drop_last: bool) -> None:
+        self.data, self.batch_size, self.padding, self.drop_last = data, batch_size, padding, drop_last
+        self.vocab_size = 1 + max(data.pad_id, *(max(ids) for ids, _ in data.items))
+        self._seed: int | None = None
+        self._order: DataLoader | None = None  # the index loader of self._seed
+        self._batches: list[list[int]] = []  # its batches so far, epoch after epoch
+
+    def random_offsets(self, n: int, block_size: int | None = None, *, seed: int,
+                       step: int) -> list[int]:
+        """The example indices of step ``step`` (``n`` is the batch size)."""
+        if seed != self._seed:  # one index loader per seed, its epochs drawn as needed
+            self._seed, self._batches = seed, []
+            self._order = DataLoader(range(len(self.data)), batch_size=self.batch_size,
+                                     shuffle=True, drop_last=self.drop_last, collate_fn=list,
+                                     generator=torch.Generator().manual_seed(seed))
+        while len(self._batches) <= step:  # each pass draws the next epoch's order
+            self._batches += list(self._order)
+        return self._batches[step][:n]
+
+    def windows(self, indices: Sequence[int], block_size: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, lengths, labels = self.data.collate([self.data.items[int(i)] for i in indices],
+                                                 self.padding)
+        return ids, torch.stack([labels, lengths], dim=1)
+
+
+class _TrainerModel(nn.Module):
+    """``clf`` as the Trainer trains a model: ``forward(ids, targets) -> (logits, loss)`` with
+    the targets of :class:`_TrainerData`; it counts right predictions for the running
+    accuracy of the log."""
+
+    def __init__(self, clf: GPTClassifier) -> None:
+        super().__init__()
+        self.clf = clf
+        self.config = clf.backbone.config
+        self.correct = self.seen = 0
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        labels, lengths = targets[:, 0], targets[:, 1]
+        logits = self.clf(ids, lengths)
+        loss = F.cross_entropy(logits.float(), labels)
+        self.correct += int((logits.argmax(-1) == labels).sum())
+        self.seen += labels.numel()
+        return logits, loss
+
+
 def train_classifier(clf: GPTClassifier, train: ClassificationDataset,
                      val: ClassificationDataset | None = None,
                      config: ClassifierConfig | None = None) -> list[dict[str, Any]]:
@@ -537,11 +597,16 @@ def train_classifier(clf: GPTClassifier, train: ClassificationDataset,
     cross-entropy. Returns the history: records ``{"step", "epoch", "loss", "accuracy", "lr"}``
     every ``log_interval`` steps (running means over the interval, training mode) and
     evaluation records ``{"step", "epoch", "train_loss", "train_accuracy", "val_loss",
-    "val_accuracy"}`` (eval mode). ``clf`` is moved to ``config.device``."""
+    "val_accuracy"}`` (eval mode). ``clf`` is moved to ``config.device``.
+
+    Each optimizer step is :meth:`gptcourse.train.Trainer.train_step` (mixed precision, the
+    NaN guard -- :class:`gptcourse.train.TrainingDiverged` --, clipping, the learning-rate
+    schedule), on the batches of a seeded shuffling DataLoader; AdamW keeps PyTorch's default
+    betas (0.9, 0.999). Around it this loop logs accuracy and evaluates the classifier.
+    """
     from tqdm.auto import tqdm
 
-    from ..profiles import device as best_device
-    from ..train import amp_dtype, lr_at, optimizer_groups
+    from ..train import TrainConfig, Trainer, optimizer_groups
 
     c = config or ClassifierConfig()
     if not isinstance(train, ClassificationDataset):
@@ -553,24 +618,24 @@ def train_classifier(clf: GPTClassifier, train: ClassificationDataset,
     bad = [y for y in train.labels if y >= clf.num_classes]
     if bad:
         raise ValueError(f"label {bad[0]} in the training data, but the head has {clf.num_classes} classes")
-    device = best_device() if c.device == "auto" else c.device
-    clf.to(device)
-    device_type = torch.device(device).type
-    dtype = amp_dtype(device, c.dtype)
     groups = optimizer_groups(clf, c.weight_decay)
     if not any(g["params"] for g in groups):
         raise ValueError("nothing to train: every parameter is frozen; call set_trainable(clf, mode)")
     trainable = [p for g in groups for p in g["params"]]
-    optimizer = torch.optim.AdamW(groups, lr=c.lr)
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
 
-    torch.manual_seed(c.seed)
-    loader = train.loader(c.batch_size, shuffle=True, seed=c.seed, padding=c.padding, drop_last=True)
-    if len(loader) == 0:
-        loader = train.loader(c.batch_size, shuffle=True, seed=c.seed, padding=c.padding)
-    per_epoch = len(loader)
+    drop_last = len(train) >= c.batch_size  # a dataset smaller than one batch: one short batch
+    per_epoch = len(train) // c.batch_size if drop_last else 1
     total = min(c.max_steps or per_epoch * c.epochs, per_epoch * c.epochs)
     min_lr = c.lr / 10 if c.min_lr is None else c.min_lr
+    model = _TrainerModel(clf)
+    trainer = Trainer(clf.backbone.config, _TrainerData(train, c.batch_size, c.padding, drop_last),
+                      config=TrainConfig(
+                          max_steps=total, batch_size=c.batch_size, lr=c.lr, min_lr=min_lr,
+                          warmup_steps=c.warmup_steps, lr_schedule=c.lr_schedule,
+                          weight_decay=c.weight_decay, beta2=0.999, grad_clip=float(c.grad_clip),
+                          dtype=c.dtype, device=c.device, seed=c.seed, checkpoints=False,
+                          progress=False, plots=False),
+                      model=model)  # seeds torch with c.seed and moves clf to the device
     eval_every = c.eval_interval or per_epoch
     # a fixed shuffled order: the first train_eval_batches batches are a random sample
     eval_train = train.loader(c.batch_size * 4, shuffle=True, seed=c.seed + 1, padding=c.padding)
@@ -587,64 +652,41 @@ def train_classifier(clf: GPTClassifier, train: ClassificationDataset,
 
     history: list[dict[str, Any]] = []
     best: tuple[tuple[float, float], int, list[torch.Tensor]] | None = None
-    step, run_loss, run_correct, run_seen, run_steps = 0, 0.0, 0, 0, 0
+    run_loss, run_steps = 0.0, 0
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc="fine-tune", unit="step", disable=not c.progress, dynamic_ncols=True)
-    clf.train()
     try:
-        while step < total:
-            for batch in loader:
-                if step >= total:
-                    break
-                lr = lr_at(step, c.lr, c.warmup_steps, total, min_lr, c.lr_schedule)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                ids, lengths, labels = (t.to(device) for t in batch)
-                with torch.autocast(device_type, dtype=dtype, enabled=dtype != torch.float32):
-                    logits = clf(ids, lengths)
-                loss = F.cross_entropy(logits.float(), labels)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the loss became {loss.item()} at step {step}; "
-                                             "lower the learning rate")
-                scaler.scale(loss).backward()
-                if c.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(trainable, c.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                run_loss += loss.item()
-                run_correct += int((logits.argmax(-1) == labels).sum())
-                run_seen += labels.numel()
-                run_steps += 1
-                bar.update(1)
-                epoch = step / per_epoch
-                if step % c.log_interval == 0 or step == total:
-                    history.append({"step": step, "epoch": round(epoch, 4), "loss": run_loss / run_steps,
-                                    "accuracy": run_correct / run_seen, "lr": lr,
-                                    "seconds": time.perf_counter() - t0})
-                    bar.set_postfix(loss=f"{run_loss / run_steps:.4f}", refresh=False)
-                    run_loss, run_correct, run_seen, run_steps = 0.0, 0, 0, 0
-                if step % eval_every == 0 or step == total:
-                    rec = evaluate(step, epoch)
-                    history.append(rec)
-                    if "val_accuracy" in rec:
-                        if c.progress:
-                            bar.write(f"step {step} (epoch {epoch:.2f}): train acc "
-                                      f"{rec['train_accuracy']:.2%}, val acc "
-                                      f"{rec['val_accuracy']:.2%}, val loss {rec['val_loss']:.4f}")
-                        score = (rec["val_accuracy"], -rec["val_loss"])
-                        if c.restore_best and (best is None or score > best[0]):
-                            best = (score, step, [p.detach().clone() for p in trainable])
-                    clf.train()
+        while trainer.step < total:
+            out = trainer.train_step()
+            step = trainer.step
+            run_loss += out["loss"]
+            run_steps += 1
+            bar.update(1)
+            epoch = step / per_epoch
+            if step % c.log_interval == 0 or step == total:
+                history.append({"step": step, "epoch": round(epoch, 4), "loss": run_loss / run_steps,
+                                "accuracy": model.correct / model.seen, "lr": out["lr"],
+                                "seconds": time.perf_counter() - t0})
+                bar.set_postfix(loss=f"{run_loss / run_steps:.4f}", refresh=False)
+                run_loss, run_steps, model.correct, model.seen = 0.0, 0, 0, 0
+            if step % eval_every == 0 or step == total:
+                rec = evaluate(step, epoch)
+                history.append(rec)
+                if "val_accuracy" in rec:
+                    if c.progress:
+                        bar.write(f"step {step} (epoch {epoch:.2f}): train acc "
+                                  f"{rec['train_accuracy']:.2%}, val acc "
+                                  f"{rec['val_accuracy']:.2%}, val loss {rec['val_loss']:.4f}")
+                    score = (rec["val_accuracy"], -rec["val_loss"])
+                    if c.restore_best and (best is None or score > best[0]):
+                        best = (score, step, [p.detach().clone() for p in trainable])
     finally:
         bar.close()
     if c.restore_best and best is not None:
         with torch.no_grad():
             for p, saved in zip(trainable, best[2]):
                 p.copy_(saved)
-        history.append({"step": step, "restored_step": best[1], "val_accuracy": best[0][0]})
+        history.append({"step": trainer.step, "restored_step": best[1], "val_accuracy": best[0][0]})
     clf.eval()
     return history
 
