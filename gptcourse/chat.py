@@ -46,11 +46,11 @@ class LocalBackend:
     """Generate in this process with ``model`` and ``tokenizer`` (the server's engine)."""
 
     def __init__(self, model, tokenizer, name: str = "gptcourse", max_tokens_cap: int | None = None):
-        from .serve import DEFAULT_MAX_TOKENS_CAP, _Engine
+        from .serve import DEFAULT_MAX_TOKENS_CAP, Engine
 
         self.context: int | None = model.config.block_size
         cap = max_tokens_cap or min(DEFAULT_MAX_TOKENS_CAP, model.config.block_size)
-        self.engine = _Engine(model, tokenizer, name, cap)
+        self.engine = Engine(model, tokenizer, name, cap)
         self.name = name
         self.where = "in this process"
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from gptcourse.finetune.instruct import format_prompt, messages_to_prompt  # noqa: E402
 from gptcourse.model import GPT, GPTConfig  # noqa: E402
-from gptcourse.serve import _held_back, background, create_app  # noqa: E402
+from gptcourse.serve import background, create_app, held_back  # noqa: E402
 from gptcourse.tokenizer import get_tokenizer  # noqa: E402
 
 CAP = 64
@@ -65,7 +65,7 @@ def _events(text: str) -> list:
 
 
 def test_health_and_models(client):
-    assert client.get("/health").json() == {"status": "ok", "model": "tiny"}
+    assert client.get("/health").json() == {"status": "ok", "model": "tiny", "auth": False}
     data = client.get("/v1/models").json()
     assert data["object"] == "list" and [m["id"] for m in data["data"]] == ["tiny"]
     assert client.get("/v1/models/tiny").json()["id"] == "tiny"
@@ -185,9 +185,9 @@ def test_stop_strings_cut_the_text_before_them(client):
 
 
 def test_held_back_is_the_longest_stop_prefix_at_the_end():
-    assert _held_back("hello wo", ["world"]) == 2
-    assert _held_back("hello", ["world"]) == 0
-    assert _held_back("abcab", ["abd", "bx"]) == 2
+    assert held_back("hello wo", ["world"]) == 2
+    assert held_back("hello", ["world"]) == 0
+    assert held_back("abcab", ["abd", "bx"]) == 2
 
 
 def test_chat_uses_the_instruction_template(client, tokenizer):
@@ -354,14 +354,19 @@ def test_serve_command_loads_a_model_and_runs_uvicorn(model, tokenizer, tmp_path
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
     monkeypatch.setenv("GPTCOURSE_API_KEY", "k")
     assert cli.main(["serve", "--pretrained", str(tmp_path / "tiny-gpt"), "--port", "8123",
-                     "--device", "cpu", "--max-tokens-cap", "7"]) == 0
+                     "--device", "cpu", "--max-tokens-cap", "7", "--header-timeout", "3",
+                     "--max-connections", "9", "--max-body-bytes", "300"]) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8123  # loopback by default
+    assert seen["http"].keywords == {"header_timeout": 3.0, "max_connections": 9}
+    assert seen["timeout_keep_alive"] == 5.0 and seen["backlog"] == 128
     c = TestClient(seen["app"])
     auth = {"Authorization": "Bearer k"}
     assert c.get("/v1/models", headers=auth).json()["data"][0]["id"] == "tiny-gpt"
     assert c.get("/v1/models").status_code == 401  # the key came from the environment
     r = c.post("/v1/completions", json={"prompt": "a", "max_tokens": 8}, headers=auth)
     assert _error(r, 400, "max_tokens")["message"].endswith("got 8")
+    r = c.post("/v1/completions", json={"prompt": "a" * 300}, headers=auth)
+    assert _error(r, 413)["code"] == "request_too_large"
     with pytest.raises(ValueError, match="exactly one"):
         load_for_serving()
     with pytest.raises(SystemExit):
