@@ -3,7 +3,8 @@
 Each solution notebook ``solutions/NN_name.ipynb`` is the source of its exercise notebook:
 code between ``# BEGIN SOLUTION`` and ``# END SOLUTION`` becomes a stub that raises
 ``NotImplementedError("Exercise N.M: title")`` (the id comes from the next ``check(...)`` call),
-and outputs are cleared.
+and outputs are cleared. The exercise's metadata records its lesson (``gptcourse.lesson``), so
+``gptcourse grade`` knows which tasks to expect even when the file is renamed.
 
     python -m gptcourse.notebooks exercises            # regenerate exercises/ from solutions/
     python -m gptcourse.notebooks execute notebooks solutions   # run in place, save outputs
@@ -63,9 +64,12 @@ def strip_solution(source: str, task_id: str | None) -> str:
     return "\n".join(out)
 
 
-def make_exercise(solution):
-    """The exercise notebook for a solution notebook (a new object; outputs cleared)."""
+def make_exercise(solution, lesson: int | None = None):
+    """The exercise notebook for a solution notebook (a new object; outputs cleared), its
+    metadata naming ``lesson`` when given."""
     nb = copy.deepcopy(solution)
+    if lesson is not None:
+        nb.metadata["gptcourse"] = {"lesson": lesson}
     for k, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             if "# BEGIN SOLUTION" in cell.source:
@@ -81,8 +85,15 @@ def make_exercise(solution):
 
 
 def _same(a, b) -> bool:
-    strip = lambda nb: [(c.cell_type, c.source) for c in nb.cells]  # noqa: E731
+    strip = lambda nb: (nb.metadata.get("gptcourse"), [(c.cell_type, c.source) for c in nb.cells])  # noqa: E731
     return strip(a) == strip(b)
+
+
+def _exercise_for(sol: Path):
+    from .grading import notebook_lesson
+
+    nb = nbformat.read(str(sol), as_version=4)
+    return make_exercise(nb, notebook_lesson(sol, nb))
 
 
 def exercise_pairs(root: Path = ROOT):
@@ -98,7 +109,7 @@ def write(nb, path: Path) -> None:
 
 def cmd_exercises(root: Path = ROOT) -> int:
     for sol, ex in exercise_pairs(root):
-        write(make_exercise(nbformat.read(str(sol), as_version=4)), ex)
+        write(_exercise_for(sol), ex)
         print(f"wrote {ex.relative_to(root)}")
     return 0
 
@@ -106,7 +117,7 @@ def cmd_exercises(root: Path = ROOT) -> int:
 def cmd_check(root: Path = ROOT) -> int:
     bad = 0
     for sol, ex in exercise_pairs(root):
-        want = make_exercise(nbformat.read(str(sol), as_version=4))
+        want = _exercise_for(sol)
         if not ex.exists() or not _same(want, nbformat.read(str(ex), as_version=4)):
             print(f"{ex.relative_to(root)} is out of date: run python -m gptcourse.notebooks exercises")
             bad += 1

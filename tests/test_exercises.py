@@ -1,4 +1,5 @@
-"""Exercise notebooks: pristine ones grade 0/N, solutions N/N, a wrong answer is caught."""
+"""Exercise notebooks: pristine ones grade 0/N, a wrong answer is caught, the task list comes
+from the registry (not from the notebook's check cells). Solutions: tests/test_solutions.py."""
 
 from __future__ import annotations
 
@@ -36,11 +37,38 @@ def test_pristine_exercise_grades_zero(solution, exercise):
     assert not report.errors, report.table()
 
 
-@pytest.mark.parametrize(("solution", "exercise"), PAIRS, ids=IDS)
-def test_solution_grades_full_marks(solution, exercise):
-    report = grade(solution)
-    assert report.total >= 5
-    assert report.score == report.total, report.table()
+def _notebook(path: Path, *sources: str, metadata: dict | None = None) -> Path:
+    nb = nbformat.v4.new_notebook(metadata=metadata or {})
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in sources]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_a_deleted_check_cell_counts_as_not_attempted(tmp_path):
+    # the only check left passes; lesson 1's other seven tasks must still be counted
+    path = _notebook(tmp_path / "01_tokenization.ipynb",
+                     "from gptcourse.grading import check\n"
+                     "check('1.1', lambda text: list(text.encode('utf-8')))")
+    report = grade(path)
+    assert report.total == 8 and report.score == 1, report.table()
+    status = {r[0]: r[2] for r in report.rows}
+    assert status["1.3"] == "not attempted"
+    assert any("the check cell for 1.3 is missing" in e for e in report.errors)
+
+
+def test_a_check_cell_that_did_not_run_is_not_run(tmp_path):
+    path = _notebook(tmp_path / "01_tokenization.ipynb",
+                     "from gptcourse.grading import check\nif False:\n    check('1.1', lambda text: [])")
+    status = {r[0]: r[2] for r in grade(path).rows}
+    assert status["1.1"] == "not run"
+
+
+def test_renamed_exercise_is_graded_by_its_metadata(tmp_path):
+    nb = nbformat.read(ROOT / "exercises" / "02_embeddings_and_data.ipynb", as_version=4)
+    assert nb.metadata["gptcourse"] == {"lesson": 2}
+    path = _notebook(tmp_path / "my copy.ipynb", "x = 1", metadata=dict(nb.metadata))
+    report = grade(path)
+    assert [r[0] for r in report.rows] == [f"2.{k}" for k in range(1, 7)]
 
 
 def test_wrong_implementation_is_reported_with_its_failing_case(tmp_path):
@@ -70,13 +98,23 @@ def test_wrong_implementation_is_reported_with_its_failing_case(tmp_path):
     assert "merge(ids=" in table and "expected:" in table and "got:" in table
 
 
-def test_grade_cli_exit_codes():
+def test_grade_cli_exit_codes(tmp_path):
     ex = ROOT / "exercises" / "01_tokenization.ipynb"
-    sol = ROOT / "solutions" / "01_tokenization.ipynb"
     bad = subprocess.run([sys.executable, "-m", "gptcourse", "grade", str(ex)], capture_output=True, text=True)
     assert bad.returncode == 1 and "score: 0/" in bad.stdout
+    # every lesson-1 task checked against its reference: full marks without running a solution
+    sol = _notebook(tmp_path / "01_references.ipynb",
+                    "from gptcourse.grading import check, get_task, lesson_task_ids\n"
+                    "for t in lesson_task_ids(1):\n    check(t, get_task(t).reference)")
     good = subprocess.run([sys.executable, "-m", "gptcourse", "grade", str(sol)], capture_output=True, text=True)
     assert good.returncode == 0 and "score: 8/8" in good.stdout
+
+
+def test_grade_cli_rejects_a_notebook_of_no_known_lesson(tmp_path, capsys):
+    from gptcourse.cli import main
+
+    assert main(["grade", str(_notebook(tmp_path / "mine.ipynb"))]) == 2
+    assert "NN_ prefix" in capsys.readouterr().err
 
 
 def test_stub_replaces_the_solution_block():

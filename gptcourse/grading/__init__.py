@@ -13,11 +13,12 @@ and a check cell::
 :func:`check` runs the learner's function and the library's reference on the same fixed-seed
 random inputs and edge cases and prints one line -- ✓ when every case agrees, ✗ with the first
 failing case (input, expected, got), or "not attempted yet" while the stub still raises
-``NotImplementedError``. A wrong answer or an exception in the learner's code never ends in
+``NotImplementedError``. Unless a task says otherwise (``Task.pure``), the learner's function
+must also leave its arguments unchanged: an in-place edit of the caller's data is a failure. A wrong answer or an exception in the learner's code never ends in
 a traceback, and the reference code is never shown.
 
 ``gptcourse grade NOTEBOOK`` executes a whole exercise notebook and prints a score table
-(see :func:`grade`). Tasks live in ``gptcourse/grading/lessonNN.py``; each module registers
+with a row for every task of its lesson, check cell or not (see :func:`grade`). Tasks live in ``gptcourse/grading/lessonNN.py``; each module registers
 its tasks with :func:`register` when first needed.
 """
 
@@ -50,6 +51,8 @@ __all__ = [
     "close",
     "get_task",
     "grade",
+    "lesson_task_ids",
+    "notebook_lesson",
     "register",
     "run_check",
     "skip_unfinished",
@@ -75,7 +78,9 @@ class Task:
 
     ``cases`` is a function returning the list of :class:`Case` (built on first use from
     a fixed seed). ``compare(expected, got)`` returns ``None`` when ``got`` is right, or a
-    short reason why not.
+    short reason why not. ``pure`` (the default) means the learner's function must leave
+    its arguments as it found them; set it False for a task whose job is to change an
+    argument (an optimizer step, a cache update).
     """
 
     id: str
@@ -84,6 +89,7 @@ class Task:
     cases: Callable[[], list[Case]]
     compare: Callable[[Any, Any], str | None] | None = None
     hint: str = ""
+    pure: bool = True
 
     def __post_init__(self) -> None:
         if self.compare is None:
@@ -91,6 +97,7 @@ class Task:
 
 
 _TASKS: dict[str, Task] = {}
+_NOTHING = object()
 _LOADED = False
 
 
@@ -119,6 +126,11 @@ def task_ids() -> list[str]:
     """All registered task ids, in lesson order."""
     _load_all()
     return sorted(_TASKS, key=lambda t: tuple(int(x) for x in t.split(".")))
+
+
+def lesson_task_ids(lesson: int) -> list[str]:
+    """The registered task ids of one lesson (``lesson_task_ids(1)`` -> ``["1.1", ...]``)."""
+    return [t for t in task_ids() if int(t.split(".")[0]) == lesson]
 
 
 def get_task(task_id: str) -> Task:
@@ -154,29 +166,95 @@ def _hashable(x: Any) -> Any:
 
 
 def same(expected: Any, got: Any) -> str | None:
-    """Exact equality (lists == tuples, dict == Counter), floats within 1e-6 relative."""
-    e, g = _normalise(expected), _normalise(got)
+    """The default comparison: equal values, lenient only about representation.
+
+    Lists equal tuples, a dict equals a Counter, numpy values equal Python ones, and an int
+    equals a float of the same value (``3 == 3.0``); floats agree within 1e-6 relative,
+    tensors within ``rtol=1e-5, atol=1e-6``. A bool is not a number (``True`` is not ``1``)
+    and a str is not a number (``"1.0"`` is not ``1.0``). Containers are compared element by
+    element and the message names the first place that differs.
+    """
+    if got is None and expected is not None:
+        return "your function returned None (is a `return` missing?)"
+    why, where = _differ(_normalise(expected), _normalise(got))
+    if why is None:
+        return None
+    return f"at {where}: {why}" if where else why
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _differ(e: Any, g: Any, where: str = "") -> tuple[str | None, str]:
+    """Why ``g`` differs from ``e`` (``None`` when it does not) and where, e.g. ``[2][0]``."""
     if hasattr(e, "detach"):
         import torch
 
         if not isinstance(g, torch.Tensor):
-            return f"expected a torch.Tensor, got {type(got).__name__}"
+            return f"expected a torch.Tensor, got {type(g).__name__}", where
         if g.shape != e.shape:
-            return f"shape {tuple(g.shape)} instead of {tuple(e.shape)}"
+            return f"shape {tuple(g.shape)} instead of {tuple(e.shape)}", where
         if not torch.allclose(g.to(e.dtype), e, rtol=1e-5, atol=1e-6):
-            return f"values differ (max abs diff {float((g.to(e.dtype) - e).abs().max()):.3g})"
-        return None
-    if isinstance(e, float) or isinstance(g, float):
-        try:
-            ok = math.isclose(float(e), float(g), rel_tol=1e-6, abs_tol=1e-9)
-        except (TypeError, ValueError):
-            return f"expected a number, got {type(got).__name__}"
-        return None if ok else "not equal"
-    if g is None and e is not None:
-        return "your function returned None (is a `return` missing?)"
-    if type(e) is not type(g) and not (isinstance(e, (int, float)) and isinstance(g, (int, float))):
-        return f"expected a {type(expected).__name__}, got a {type(got).__name__}"
-    return None if e == g else "not equal"
+            return _tensor_mismatch(e, g), where
+        return None, where
+    if isinstance(e, bool) or isinstance(g, bool):
+        if type(e) is not type(g):
+            return f"expected {_short(e, 60)} ({type(e).__name__}), got {_short(g, 60)} ({type(g).__name__})", where
+        return (None if e == g else f"{g} instead of {e}"), where
+    if _is_number(e):
+        if not _is_number(g):
+            return f"expected a number, got {type(g).__name__} {_short(g, 60)}", where
+        if isinstance(e, int) and isinstance(g, int):
+            ok = e == g
+        else:
+            ok = math.isclose(e, g, rel_tol=1e-6, abs_tol=1e-9) or (math.isnan(e) and math.isnan(g))
+        return (None if ok else (f"{g!r} instead of {e!r}" if where else "not equal")), where
+    if isinstance(e, dict):
+        if not isinstance(g, dict):
+            return f"expected a dict, got a {type(g).__name__}", where
+        missing = [k for k in e if k not in g]
+        if missing:
+            return f"key {_short(missing[0], 80)} is missing ({len(missing)} missing in all)", where
+        extra = [k for k in g if k not in e]
+        if extra:
+            return f"unexpected key {_short(extra[0], 80)} ({len(extra)} extra in all)", where
+        for k in e:
+            why, at = _differ(e[k], g[k], f"{where}[{_short(k, 60)}]")
+            if why is not None:
+                return why, at
+        return None, where
+    if isinstance(e, list):
+        if not isinstance(g, list):
+            return f"expected a list, got a {type(g).__name__}", where
+        if len(g) != len(e):
+            return f"{len(g)} items instead of {len(e)}", where
+        for i, (a, b) in enumerate(zip(e, g)):
+            why, at = _differ(a, b, f"{where}[{i}]")
+            if why is not None:
+                return why, at
+        return None, where
+    if type(e) is not type(g):
+        return f"expected a {type(e).__name__}, got a {type(g).__name__}", where
+    if e == g:
+        return None, where
+    return (f"{_short(g, 80)} instead of {_short(e, 80)}" if where else "not equal"), where
+
+
+def _tensor_mismatch(e: Any, g: Any, atol: float | None = None) -> str:
+    """The "values differ" message, with the largest difference and where it is."""
+    import torch
+
+    if e.dtype == g.dtype and not e.is_floating_point():
+        at = tuple((g != e).nonzero()[0].tolist()) if e.dim() else ()
+        where = f" first at index {at}" if at else ""
+        return f"values differ{where}: {g[at].item()} instead of {e[at].item()}"
+    diff = (g.double() - e.double()).abs().nan_to_num(float("inf"))
+    at = tuple(int(i) for i in torch.unravel_index(diff.flatten().argmax(), diff.shape))
+    where = f" at index {at}" if at else ""
+    tol = "" if atol is None else f", tolerance {atol:g}"
+    return (f"values differ (max abs diff {float(diff[at]):.3g}{where}: {g[at].item():.6g} "
+            f"instead of {e[at].item():.6g}{tol})")
 
 
 def exact_int(expected: int, got: Any) -> str | None:
@@ -279,12 +357,11 @@ def close(atol: float, rtol: float = 1e-5) -> Callable[[Any, Any], str | None]:
         if expected.dtype == torch.bool:
             if got.dtype != torch.bool:
                 return f"expected a bool tensor, got dtype {got.dtype}"
-            return None if torch.equal(got, expected) else "values differ"
+            return None if torch.equal(got, expected) else _tensor_mismatch(expected, got)
         if not got.is_floating_point():
             return f"expected floating-point values, got dtype {got.dtype}"
         if not torch.allclose(got.double(), expected.double(), rtol=rtol, atol=atol):
-            diff = (got.double() - expected.double()).abs()
-            return f"values differ (max abs diff {float(diff.nan_to_num(float('inf')).max()):.3g}, tolerance {atol:g})"
+            return _tensor_mismatch(expected, got, atol)
         return None
 
     return compare
@@ -373,6 +450,109 @@ def _is_stub(err: BaseException) -> bool:
     return isinstance(err, NotImplementedError)
 
 
+def _changed(before: Any, after: Any, depth: int = 0) -> str | None:
+    """Where ``after`` (an argument after the learner's call) no longer equals ``before``
+    (its pristine copy): ``""`` for the whole value, ``"[2, 0]"`` or ``".weight"`` for a
+    part; ``None`` when nothing changed."""
+    import torch
+
+    if depth > 8:
+        return None
+    if not isinstance(before, torch.Tensor) and type(before).__module__ != "numpy":
+        try:  # fast path: == in C for big dicts and lists (a tensor inside makes it raise)
+            if bool(before == after):
+                return None
+        except Exception:
+            pass
+    if isinstance(before, torch.Tensor):
+        if not isinstance(after, torch.Tensor) or after.shape != before.shape or after.dtype != before.dtype:
+            return ""
+        same_ = after == before
+        if before.is_floating_point() or before.is_complex():
+            same_ |= before.isnan() & after.isnan()
+        if bool(same_.all()):
+            return None
+        return str(list((~same_).nonzero()[0].tolist())) if before.dim() else ""
+    if isinstance(before, torch.nn.Module) or (hasattr(before, "state_dict") and callable(before.state_dict)):
+        try:
+            return _changed(before.state_dict(), after.state_dict(), depth + 1)
+        except Exception:  # not a real state_dict; treat as unchanged rather than guess
+            return None
+    if isinstance(before, Mapping):
+        if not isinstance(after, Mapping) or set(before) != set(after):
+            return ""
+        for k in before:
+            at = _changed(before[k], after[k], depth + 1)
+            if at is not None:
+                return f"[{k!r}]{at}"
+        return None
+    if isinstance(before, (list, tuple)):
+        if type(after) is not type(before) or len(after) != len(before):
+            return ""
+        for i, (b, a) in enumerate(zip(before, after)):
+            at = _changed(b, a, depth + 1)
+            if at is not None:
+                return f"[{i}]{at}"
+        return None
+    if type(before).__module__ == "numpy" and hasattr(before, "shape"):
+        import numpy as np
+
+        return None if np.array_equal(before, after, equal_nan=before.dtype.kind in "fc") else ""
+    if isinstance(before, (int, float, str, bytes, bool, type(None), set, frozenset, bytearray)):
+        if isinstance(before, float) and math.isnan(before):
+            return None if isinstance(after, float) and math.isnan(after) else ""
+        return None if before == after else ""
+    if hasattr(before, "__dict__") and not callable(before):  # an object: its public attributes
+        if not hasattr(after, "__dict__"):
+            return ""
+        for k, v in vars(before).items():
+            if not k.startswith("_"):  # private attributes may be caches filled on use
+                at = _changed(v, getattr(after, k, _NOTHING), depth + 1)
+                if at is not None:
+                    return f".{k}{at}"
+    return None
+
+
+def _modified_argument(fn: Callable, case: Case, args: tuple, kwargs: dict) -> str | None:
+    """A message naming the argument the learner's call changed in place, or ``None``."""
+    for k, (before, after) in enumerate(zip(case.args, args)):
+        at = _changed(before, after)
+        if at is not None:
+            return _modified_message(_argument_name(fn, k), at, before)
+    for key, before in case.kwargs.items():
+        at = _changed(before, kwargs[key])
+        if at is not None:
+            return _modified_message(key, at, before)
+    return None
+
+
+def _argument_name(fn: Callable, position: int) -> str:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return f"argument {position + 1}"
+    if position < len(params) and params[position].kind in (params[position].POSITIONAL_ONLY,
+                                                            params[position].POSITIONAL_OR_KEYWORD):
+        return params[position].name
+    return f"argument {position + 1}"
+
+
+def _modified_message(name: str, at: str, before: Any) -> str:
+    import torch
+
+    if isinstance(before, torch.Tensor):
+        fix = f"{name} = {name}.clone()"
+    elif isinstance(before, torch.nn.Module):
+        fix = "copy.deepcopy(...) of it"
+    elif isinstance(before, (list, dict, set)):
+        fix = f"{name} = {name}.copy()"
+    else:
+        fix = "copy.deepcopy(...) of it"
+    where = f" (at {name}{at})" if at else ""
+    return (f"your function changed its argument {name!r} in place{where}; the caller's data must "
+            f"stay as it was -- work on a copy ({fix}) or build a new result")
+
+
 def run_check(task_id: str, obj: Any, time_limit: float = TIME_LIMIT_S) -> CheckResult:
     """Grade ``obj`` on task ``task_id`` without printing; see :func:`check`."""
     task = get_task(task_id)
@@ -388,9 +568,11 @@ def run_check(task_id: str, obj: Any, time_limit: float = TIME_LIMIT_S) -> Check
     try:
         with _TimeLimit(time_limit):
             for n, case in enumerate(cases, 1):
+                # case.args themselves are never passed on: they stay pristine, to compare with
                 expected = task.reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+                args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
                 try:
-                    got = obj(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+                    got = obj(*args, **kwargs)
                 except TimeoutError:
                     raise
                 except Exception as err:  # the learner's bug: report, never a traceback
@@ -402,15 +584,14 @@ def run_check(task_id: str, obj: Any, time_limit: float = TIME_LIMIT_S) -> Check
                     reason = task.compare(expected, got)
                 except Exception as err:  # an answer of a shape the comparison can't handle
                     reason = f"cannot be compared with the expected answer ({type(err).__name__}: {err})"
+                if reason is None and task.pure:
+                    reason = _modified_argument(obj, case, args, kwargs)
                 if reason is not None:
                     detail = _failure(task, name, obj, n, total, case, expected, reason, got=got)
                     return result("failed", n - 1, detail)
     except TimeoutError as err:
         return result("failed", 0, f"stopped: your function {err} (limit {time_limit:.0f} s for all cases)")
     return result("passed", total)
-
-
-_NOTHING = object()
 
 
 def _failure(task, name, obj, n, total, case, expected, why, got=_NOTHING) -> str:
@@ -469,6 +650,7 @@ class GradeReport:
     rows: list[tuple[str, str, str, str]]  # task, title, status, cases
     errors: list[str]
     reports: dict[str, str] = field(default_factory=dict)  # task -> check's printed report
+    raised: list[str] = field(default_factory=list)  # every cell that raised, stubs included
 
     @property
     def score(self) -> int:
@@ -502,6 +684,19 @@ def tasks_in_notebook(nb) -> list[str]:
                 if t not in seen:
                     seen.append(t)
     return seen
+
+
+def notebook_lesson(path: str | os.PathLike, nb) -> int:
+    """The lesson a notebook belongs to: the ``gptcourse.lesson`` metadata the exercise
+    generator writes, else the ``NN`` of a ``NN_name.ipynb`` file name."""
+    lesson = nb.metadata.get("gptcourse", {}).get("lesson")
+    if isinstance(lesson, int) and not isinstance(lesson, bool):
+        return lesson
+    m = re.match(r"(\d+)_", Path(path).name)
+    if m:
+        return int(m.group(1))
+    raise ValueError(f"cannot tell which lesson {Path(path).name} belongs to: keep the NN_ prefix of its "
+                     f"file name (e.g. 03_attention.ipynb) or start again from a fresh copy in exercises/")
 
 
 def _kernel_manager():
@@ -553,7 +748,12 @@ def execute_notebook(nb, cwd: str | os.PathLike, timeout: int = 900, allow_error
 
 
 def grade(notebook: str | os.PathLike, timeout: int = 900) -> GradeReport:
-    """Execute an exercise notebook and collect the result of each check cell."""
+    """Execute an exercise notebook and collect the result of each of its lesson's tasks.
+
+    The tasks come from the registry (every task of the notebook's lesson, see
+    :func:`notebook_lesson`), not from the notebook: a task whose check cell was deleted
+    counts as "not attempted", one whose check cell did not run as "not run".
+    """
     import tempfile
 
     import nbformat
@@ -562,8 +762,13 @@ def grade(notebook: str | os.PathLike, timeout: int = 900) -> GradeReport:
     if not path.is_file():
         raise FileNotFoundError(f"no notebook at {path}")
     nb = nbformat.read(path, as_version=4)
-    expected = tasks_in_notebook(nb)
-    with tempfile.TemporaryDirectory() as tmp:
+    lesson = notebook_lesson(path, nb)
+    expected = lesson_task_ids(lesson)
+    if not expected:
+        raise ValueError(f"{path.name}: lesson {lesson} has no exercises to grade")
+    present = tasks_in_notebook(nb)
+    # the log's name is random and the folder private: a notebook cannot guess it in advance
+    with tempfile.TemporaryDirectory(prefix="gptcourse-grade-") as tmp:
         log = Path(tmp) / "grades.jsonl"
         log.touch()
         errors: list[str] = []
@@ -575,20 +780,27 @@ def grade(notebook: str | os.PathLike, timeout: int = 900) -> GradeReport:
         for line in log.read_text(encoding="utf-8").splitlines():
             rec = json.loads(line)
             results[rec["task"]] = rec
-    for cell in nb.cells:
+    raised = []
+    for k, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []):
-            if out.get("output_type") == "error" and out.get("ename") != "NotImplementedError":
-                errors.append(f"a cell raised {out.get('ename')}: {out.get('evalue', '')[:200]}")
+            if out.get("output_type") == "error":
+                raised.append(f"cell {k} raised {out.get('ename')}: {out.get('evalue', '')[:200]}")
+                if out.get("ename") != "NotImplementedError":
+                    errors.append(f"a cell raised {out.get('ename')}: {out.get('evalue', '')[:200]}")
     rows = []
     for task_id in expected:
-        try:
-            title = get_task(task_id).title
-        except KeyError:
-            title = "(unknown task)"
+        title = get_task(task_id).title
         rec = results.get(task_id)
-        if rec is None:
+        if rec is not None:
+            rows.append((task_id, title, rec["status"], f"({rec['passed']}/{rec['total']} cases)"))
+        elif task_id in present:
             rows.append((task_id, title, "not run", ""))
         else:
-            rows.append((task_id, title, rec["status"], f"({rec['passed']}/{rec['total']} cases)"))
+            rows.append((task_id, title, "not attempted", ""))
+            errors.append(f"the check cell for {task_id} is missing: add check({task_id!r}, your_function) "
+                          f"after it (a fresh copy of the notebook in exercises/ has it)")
+    for task_id in present:
+        if task_id not in expected:
+            errors.append(f"check({task_id!r}, ...) is not an exercise of lesson {lesson}: not counted")
     reports = {t: r.get("report", "") for t, r in results.items()}
-    return GradeReport(str(path), rows, errors, reports)
+    return GradeReport(str(path), rows, errors, reports, raised)

@@ -116,8 +116,30 @@ def _cases_merge():
 
 
 def _cases_train():
+    small = [
+        Case(("abcd", 1), label="a tie: every pair occurs once, the smallest pair (97, 98) wins"),
+        Case(("zyzy abab", 1), label="a tie between (122, 121) and (97, 98): the smaller pair wins, "
+                                     "not the one seen first"),
+        Case(("aaabdaaabac", 3), label="later merges use the new ids"),
+        Case(("aaaa", 2), label="repeated letters: overlapping pairs"),
+        Case(("ab", 5), label="fewer pairs than merges: stop when no pair is left"),
+        Case(("", 2), label="empty text"),
+    ]
     texts = _training_texts()
-    return [Case((t, n)) for t in texts for n in (0, 1, 5, 20)][:40]
+    return small + [Case((t, n)) for t in texts for n in (0, 1, 5, 20)][:40]
+
+
+def _merge_lists(expected: list[tuple[int, int, int]], got) -> str | None:
+    """Merges compared one by one: the message names the first that differs."""
+    if not isinstance(got, (list, tuple)):
+        return f"expected a list of (a, b, new_id) merges, got {type(got).__name__}"
+    for i, (e, g) in enumerate(zip(expected, got)):
+        if not isinstance(g, (list, tuple)) or tuple(g) != tuple(e) or any(isinstance(x, bool) for x in g):
+            agree = f"; merges 0..{i - 1} agree" if i else ""
+            return f"merge {i} (counting from 0) is {g!r:.60} instead of {e}{agree}"
+    if len(got) != len(expected):
+        return f"{len(got)} merges instead of {len(expected)} (the first {min(len(got), len(expected))} agree)"
+    return None
 
 
 def _merges_for(seed: int) -> list[tuple[int, int, int]]:
@@ -164,20 +186,28 @@ def _cases_chunks():
 
 for _task in [
     Task("1.1", "UTF-8 bytes of a string", _utf8_bytes, _cases_bytes,
-         hint="str.encode('utf-8') gives a bytes object; list() of it gives ints 0..255"),
+         hint="a Python str is Unicode text; its UTF-8 encoding is a bytes object, and a bytes object is a "
+              "sequence of ints 0..255"),
     Task("1.2", "count adjacent pairs", _pair_counts, _cases_pairs,
-         hint="zip(ids, ids[1:]) walks over neighbouring pairs"),
+         hint="walk over each id and the one after it; a dict from the pair to how often it was seen does the "
+              "counting"),
     Task("1.3", "merge a pair into a new id", _merge, _cases_merge,
-         hint="scan left to right; after a merge, skip both ids"),
-    Task("1.4", "train BPE on bytes", _train_bpe, _cases_train,
-         hint="merge the most frequent pair each step; ties go to the smallest pair (compare tuples); new ids are 256, 257, ..."),
+         hint="scan left to right; where the pair starts, emit the new id and step over both ids, otherwise keep "
+              "the id"),
+    Task("1.4", "train BPE on bytes", _train_bpe, _cases_train, compare=_merge_lists,
+         hint="each step: count the pairs, merge the most frequent one under the next new id (256, 257, ...); on "
+              "a tie the smaller pair wins (tuples compare element by element); stop early when no pair is left"),
     Task("1.5", "vocabulary from merges", _build_vocab, _cases_vocab,
-         hint="start from the 256 single bytes; each merge's bytes are its two parts joined"),
+         hint="start from the 256 single bytes; a merge's token is the bytes of its two parts, one after the "
+              "other"),
     Task("1.6", "encode with merges", _encode, _cases_encode,
-         hint="repeatedly merge the adjacent pair that was learned first (lowest merge index)"),
+         hint="repeatedly merge the adjacent pair that was learned earliest (lowest merge index) until no "
+              "adjacent pair is a learned merge"),
     Task("1.7", "decode ids to text", _decode, _cases_decode,
-         hint="join the bytes, then .decode('utf-8', errors='replace')"),
+         hint="join the bytes of every id first and decode once at the end (a character may span two tokens); "
+              "invalid UTF-8 must become U+FFFD rather than an error"),
     Task("1.8", "pre-split and count chunks", _chunk_counts, _cases_chunks,
-         hint="regex.findall(GPT2_PATTERN, text) -- the `regex` package, not `re`"),
+         hint="GPT2_PATTERN needs the third-party `regex` package (it uses \\p{L} classes the standard `re` "
+              "lacks); count every chunk it finds"),
 ]:
     register(_task)

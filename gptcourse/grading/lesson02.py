@@ -135,18 +135,22 @@ def _cases_rope():
 
 for _task in [
     Task("2.1", "sliding-window input/target pairs", _windows, _cases_windows,
-         hint="window k starts at k * stride; its input is ids[s : s + block_size] and its target "
-              "ids[s + 1 : s + block_size + 1]; stop when a full target no longer fits"),
+         hint="window k starts k * stride tokens in; the target window is the input window shifted by one token; "
+              "stop before a full target would run past the end"),
     Task("2.2", "number of windows", _num_windows, _cases_num_windows,
-         hint="the last start s must satisfy s + block_size + 1 <= n_tokens; count the multiples of stride up to it"),
+         hint="count the starts 0, stride, 2 * stride, ... whose target window still fits: the last start leaves "
+              "room for block_size + 1 tokens"),
     Task("2.3", "embedding lookup as a one-hot matmul", _embed_one_hot, _cases_one_hot,
-         hint="F.one_hot(ids, num_classes=weight.shape[0]) has shape (B, T, V); make it float and multiply by weight"),
+         hint="a one-hot row picks one row of the weight matrix when multiplied with it: one-hot over the "
+              "vocabulary (as floats), then a matrix product"),
     Task("2.4", "token plus learned position embeddings", _embed_with_positions, _cases_positions,
-         hint="wte[ids] has shape (B, T, d); add wpe[:T] (shape (T, d)), which broadcasts over the batch"),
+         hint="index the token table with the ids; the position table's first T rows broadcast over the batch "
+              "when added"),
     Task("2.5", "sinusoidal position table", _sinusoidal, _cases_sinusoidal, compare=_close(1e-4),
-         hint="angle[p, i] = p / base ** (2 * i / d) for i in 0..d/2-1; column 2i holds sin(angle), 2i+1 cos(angle)"),
+         hint="each pair of columns has its own frequency, falling geometrically with the pair index (base to the "
+              "power -2i/d); even columns hold the sine of position times frequency, odd columns the cosine"),
     Task("2.6", "rotary rotation of (T, d) vectors", _rope_rotate, _cases_rope, compare=_close(1e-4),
-         hint="rotate each pair (x[:, 2i], x[:, 2i+1]) by angle p / base ** (2 * i / d): "
-              "(a, b) -> (a cos - b sin, a sin + b cos)"),
+         hint="treat columns 2i and 2i+1 as a 2-D point and rotate it by the position times that pair's frequency "
+              "(the same frequencies as the sinusoidal table)"),
 ]:
     register(_task)

@@ -131,19 +131,24 @@ def _cases_multi_head():
 
 for _task in [
     Task("3.1", "scaled dot-product scores", _attention_scores, _cases_scores, compare=_close(1e-5),
-         hint="q @ k.transpose(-2, -1) compares every query with every key; divide by sqrt of the last dimension of q"),
+         hint="every query against every key is a matrix product with the keys' last two dimensions swapped; "
+              "scale by one over the square root of the head size"),
     Task("3.2", "causal mask", _causal_mask, _cases_mask, compare=_close(0),
-         hint="torch.tril of a (T, T) matrix of True keeps the diagonal and everything below it"),
+         hint="query i may see keys 0..i: that is the lower triangle of a (T, T) matrix, the diagonal included"),
     Task("3.3", "causal softmax", _causal_softmax, _cases_causal_softmax, compare=_close(1e-6),
-         hint="scores.masked_fill(~mask, float('-inf')) then softmax over the last dimension"),
+         hint="set the scores of future keys to minus infinity before the softmax (not after), so they get weight "
+              "0 and the rest still sums to 1"),
     Task("3.4", "single-head causal attention", _single_head, _cases_single_head, compare=_close(1e-5),
-         hint="q, k, v = x @ W_q, x @ W_k, x @ W_v; scores / sqrt(d_out); causal mask; softmax; weights @ v"),
+         hint="project x to queries, keys and values; scaled scores; causal softmax; the weights average the "
+              "values"),
     Task("3.5", "split heads", _split_heads, _cases_split,
-         hint="view (B, T, n_head, C // n_head), then transpose dimensions 1 and 2"),
+         hint="split the channel dimension into (n_head, head size), then move the head dimension in front of "
+              "time"),
     Task("3.6", "merge heads", _merge_heads, _cases_merge,
-         hint="transpose dimensions 1 and 2 back, then .contiguous().view(B, T, n_head * hd) (or reshape)"),
+         hint="the inverse of 3.5: move time back in front of the heads, then flatten heads and head size into "
+              "one dimension (a transposed tensor is not contiguous: reshape copies when needed)"),
     Task("3.7", "multi-head causal self-attention", _multi_head, _cases_multi_head, compare=_close(1e-5),
-         hint="qkv = x @ c_attn_weight.T + c_attn_bias; split into q, k, v of width C; split heads; "
-              "causal attention per head; merge heads; then x @ c_proj_weight.T + c_proj_bias"),
+         hint="the weights are in nn.Linear's (out, in) layout; one projection gives q, k and v side by side; "
+              "split heads, causal attention per head, merge heads, output projection"),
 ]:
     register(_task)

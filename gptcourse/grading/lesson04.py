@@ -185,24 +185,25 @@ def _cases_cross_entropy():
 
 for _task in [
     Task("4.1", "LayerNorm from scratch", _layer_norm, _cases_layer_norm, compare=_close(1e-5),
-         hint="mean and biased variance (unbiased=False) over the last dimension; "
-              "weight * (x - mean) / sqrt(var + eps) + bias"),
+         hint="normalise over the last dimension with the mean and the biased variance (divide by n, not n - 1), "
+              "eps inside the square root; then scale by weight and shift by bias"),
     Task("4.2", "GELU, tanh approximation", _gelu_tanh, _cases_gelu, compare=_close(1e-6),
-         hint="0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x**3)))"),
+         hint="the tanh approximation of GELU from the lesson, the one with the cubic 0.044715 term "
+              "inside the tanh; PyTorch's own GELU in its tanh mode gives the numbers to compare with"),
     Task("4.3", "the MLP from its weights", _mlp_forward, _cases_mlp, compare=_close(1e-5),
-         hint="weights are in nn.Linear's (out, in) layout: h = x @ c_fc_weight.T + c_fc_bias; "
-              "GELU (tanh); then h @ c_proj_weight.T + c_proj_bias"),
+         hint="the weights are in nn.Linear's (out, in) layout; expand to 4C, tanh-GELU, project back to C"),
     Task("4.4", "a Transformer block from its weights", _block_forward, _cases_block, compare=_close(1e-5),
-         hint="pre-LN: x = x + attn(ln_1(x)); then x = x + mlp(ln_2(x)); eps 1e-5; causal multi-head "
-              "attention as in exercise 3.7"),
+         hint="pre-LN: each sublayer reads a LayerNorm of the residual stream and adds its output back to it; "
+              "attention first, then the MLP (eps 1e-5; attention as in 3.7)"),
     Task("4.5", "parameter count of a config", _count_params, _cases_count, compare=exact_int,
-         hint="wte V·C, wpe T·C (learned positions only), per layer attention 3C²+3C + C²+C, MLP 4C²+4C + 4C²+C, "
-              "two LayerNorms 2·2C, final LayerNorm 2C, head V·C unless tied; no biases: drop every bias term"),
+         hint="add up the shapes of every tensor: the embedding tables, each block's two LayerNorms, attention "
+              "and MLP linears, the final LayerNorm and the head; a learned position table only with learned "
+              "positions, a separate head only when untied; with bias off, drop every bias vector"),
     Task("4.6", "training FLOPs per token", _flops_per_token, _cases_flops, compare=exact_int,
-         hint="6·N + 12·n_layer·n_head·head_dim·seq_len with N = parameters minus wpe, and minus wte "
-              "when the head is not tied (the head itself always counts)"),
+         hint="the 6 FLOPs per weight per token rule on the non-embedding weights (the head always counts), plus "
+              "the attention-score term that grows with seq_len"),
     Task("4.7", "cross-entropy loss", _cross_entropy, _cases_cross_entropy, compare=_scalar,
-         hint="flatten to (B·T, V); log_softmax; pick the target's log-probability; average the negatives "
-              "over the positions whose target is not -100"),
+         hint="the negative log-probability of each target, averaged over the positions whose target is not -100; "
+              "compute log-probabilities with log-softmax, which stays finite"),
 ]:
     register(_task)

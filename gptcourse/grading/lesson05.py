@@ -95,8 +95,10 @@ def _tensor_diff(expected: torch.Tensor, got, atol: float, rtol: float = 1e-5, w
         if got.is_floating_point() or got.dtype == torch.bool:
             return f"{pre}expected integer token ids, got dtype {got.dtype}"
         if not torch.equal(got.long(), expected.long()):
-            bad = (got.long() != expected.long()).nonzero()[0].tolist()
-            return f"{pre}ids differ, first at index {tuple(bad)}"
+            bad = tuple((got.long() != expected.long()).nonzero()[0].tolist())
+            n_bad = int((got.long() != expected.long()).sum())
+            return (f"{pre}token ids differ at {n_bad} of {expected.numel()} positions, first at index {bad}: "
+                    f"{int(got[bad])} instead of {int(expected[bad])}")
         return None
     if not got.is_floating_point():
         return f"{pre}expected floating-point values, got dtype {got.dtype}"
@@ -248,23 +250,24 @@ def _cases_greedy_generate():
 
 for _task in [
     Task("5.1", "greedy next token", _greedy_next_token, _cases_greedy, compare=_ids,
-         hint="logits.argmax(dim=-1): the index of the largest logit in each row"),
+         hint="the most likely next token is the index of the largest logit of each row"),
     Task("5.2", "softmax with temperature", _temperature_probs, _cases_temperature, compare=_close(1e-6),
-         hint="torch.softmax(logits / temperature, dim=-1)"),
+         hint="divide the logits by the temperature before the softmax; subtracting each row's maximum first "
+              "keeps exp from overflowing at low temperatures"),
     Task("5.3", "top-k filter", _top_k_filter, _cases_top_k, compare=_close(0.0),
-         hint="kth = torch.topk(logits, k).values[..., -1:]; logits.masked_fill(logits < kth, float('-inf')); "
-              "k >= vocabulary size: unchanged"),
+         hint="find each row's k-th largest value; every logit below it becomes -inf (ties with it stay); when k "
+              "is at least the vocabulary size nothing is removed; return a new tensor"),
     Task("5.4", "top-p (nucleus) filter", _top_p_filter, _cases_top_p, compare=_close(0.0),
-         hint="sort descending, softmax, cumsum; drop a token when cumsum - its own probability >= p; "
-              "scatter the decision back to the original order"),
+         hint="sort the probabilities in descending order; a token is dropped when the tokens before it already "
+              "reach p; map the decision back to the original order; return a new tensor"),
     Task("5.5", "sample the next token", _sample_next_token, _cases_sample, compare=_ids,
-         hint="a torch.Generator seeded with seed; divide by the temperature; top-k, then top-p; softmax; "
-              "one torch.multinomial call with generator=... for the whole batch; squeeze to (B,)"),
+         hint="one generator seeded with seed, used for a single draw over the whole batch; the order is "
+              "temperature, top-k, top-p, softmax; return one id per row"),
     Task("5.6", "one attention step with a KV cache", _kv_attention_step, _cases_kv_step, compare=_triple,
-         hint="q, k, v from c_attn for the new position; append k, v to the caches along dim 2; the new "
-              "query attends to every cached key (no mask needed); merge heads; c_proj"),
+         hint="compute q, k, v for the new position only; the returned caches are the old ones with the new k and "
+              "v appended along the time dimension; the new query may attend to every key, so no mask"),
     Task("5.7", "greedy generation loop", _greedy_generate, _cases_greedy_generate, compare=_ids,
-         hint="repeat max_new_tokens times: logits, _ = model(idx[:, -block_size:]); take logits[:, -1]; "
-              "argmax; torch.cat to idx; under torch.no_grad()"),
+         hint="repeat: run the model on at most the last block_size tokens, take the last position's logits, "
+              "append the argmax; no gradients needed"),
 ]:
     register(_task)

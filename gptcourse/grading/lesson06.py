@@ -552,35 +552,33 @@ def _cases_shards() -> list[Case]:
 
 for _task in [
     Task("6.1", "normalize a document", _normalize, _cases_normalize, compare=_text,
-         hint="in order: \\r\\n and \\r -> \\n; str.translate with a table "
-              "(controls and invisibles -> None, line breaks -> '\\n', U+2029 -> '\\n\\n', spaces -> ' '); "
-              "unicodedata.normalize('NFC'); "
-              "re.sub(r'[ \\t]+\\n', '\\n'); re.sub(r'\\n{3,}', '\\n\\n'); strip(). Spaces inside a line stay."),
+         hint="the order of the steps matters: line endings first, then controls, invisible characters, odd line "
+              "breaks and spaces (one translation table), then NFC, then trailing spaces of lines and runs of "
+              "blank lines, then the ends; spaces inside a line stay"),
     Task("6.2", "symbol and word-length rules", _symbol_rules, _cases_symbols, compare=_reason,
-         hint="words = text.split(); no words -> None; mean len outside [3, 10] -> 'word_length'; "
-              "(text.count('#') + text.count('...') + text.count('…')) / len(words) > 0.1 -> 'symbol_ratio'; "
-              "share of words with a letter (any(c.isalpha() ...)) < 0.8 -> 'non_alphabetic'"),
+         hint="split on whitespace; no words: keep; then check in order the mean word length, the share of '#' "
+              "and ellipses per word, the share of words containing a letter -- the first rule broken names the "
+              "reason"),
     Task("6.3", "repetition rules", _repetition_rules, _cases_repetition, compare=_reason,
-         hint="lines: strip each, drop empty ones, < 2 lines -> keep; a repeat is a line seen before. n-grams: "
-              "re.findall(r'\\w+', text.lower()); skip n when fewer than 2n words; the most common n-gram (on a tie "
-              "the one with the most characters) counts only if it occurs twice; count * its characters / all word characters"),
+         hint="duplicate lines: count stripped, non-empty lines seen before (by number and by characters). "
+              "Repeated n-grams: lower-case words; the most frequent n-gram (ties: the longest) counts only if it "
+              "occurs at least twice; compare its share of the word characters with each n's limit"),
     Task("6.4", "exact duplicates", _exact_duplicates, _cases_exact, compare=_indices,
-         hint="key = ' '.join(normalize(t).lower().split()); return the indices whose key was seen before"),
+         hint="two texts are duplicates when their normalised, lower-cased, whitespace-collapsed forms are equal; "
+              "report every index whose form was already seen"),
     Task("6.5", "shingles and Jaccard similarity", _shingle_jaccard, _cases_jaccard, compare=_fraction,
-         hint="words = re.findall(r'\\w+', normalize(t).lower()); shingles = set of tuples of ngram consecutive "
-              "words, or {tuple(words)} when 0 < len(words) < ngram; |A & B| / |A | B|, 1.0 if both are empty"),
+         hint="a shingle is a run of ngram consecutive lower-cased words of the normalised text; a text shorter "
+              "than that is one shingle; Jaccard is the intersection over the union (two empty sets: 1.0)"),
     Task("6.6", "a MinHash signature", _minhash_signature, _cases_signature, compare=_signature,
-         hint="p = 2**61 - 1; for every permutation i: min over shingle hashes x of (a[i] * x + b[i]) % p, "
-              "computed with Python ints (numpy uint64 products overflow silently); all p when there are no "
-              "shingles"),
+         hint="each permutation is a hash (a * x + b) mod the Mersenne prime 2**61 - 1; the signature keeps its "
+              "minimum over the shingle hashes; compute with Python ints because 64-bit products overflow "
+              "silently"),
     Task("6.7", "LSH candidate pairs", _candidate_pairs, _cases_pairs, compare=_pairs,
-         hint="for each band k: group the signatures by the tuple of columns k*rows:(k+1)*rows (a dict per "
-              "band, never across bands); every two members of a group are a pair (i < j); return "
-              "sorted(set(pairs))"),
+         hint="band k is a slice of rows columns of each signature; signatures with the same band k collide; only "
+              "collisions inside one band make a candidate; report each pair once, smaller index first, sorted"),
     Task("6.8", "tokenize into shards", _shard_stream, _cases_shards, compare=_shards,
-         hint="stream = for each document [eot] + encode_ordinary(doc) (no eot: the ids of '\\n\\n' between "
-              "documents, encode(doc)); "
-              "np.array(stream, dtype=np.uint16 if vocab_size <= 65_535 else np.uint32); cut every "
-              "shard_tokens ids"),
+         hint="one long id stream: each document preceded by the end-of-text id (or, without one, separated by "
+              "the ids of a blank line), then cut into pieces of shard_tokens ids; the smallest unsigned dtype "
+              "that holds the vocabulary"),
 ]:
     register(_task)

@@ -350,26 +350,27 @@ def _cases_round_trip():
 
 for _task in [
     Task("7.1", "per-token cross-entropy", _token_losses, _cases_token_losses, compare=close(1e-5),
-         hint="log_softmax over the last dimension (logits minus logsumexp); gather the target's log-probability "
-              "(use target 0 where it is -100, then zero those positions); negate"),
+         hint="log-softmax stays stable if you subtract each row's maximum first; pick each target's log-"
+              "probability and negate it; positions whose target is -100 get a loss of 0 (look one up safely, "
+              "then zero it)"),
     Task("7.2", "perplexity of a corpus", _corpus_perplexity, _cases_perplexity, compare=_scalar(1e-5),
-         hint="add up the losses of scored positions (target != -100) over all batches, divide by their count, "
-              "math.exp — not a mean of per-batch means"),
+         hint="perplexity is exp of the mean loss per scored token over the whole corpus: add up losses and "
+              "counts across batches, not the per-batch means"),
     Task("7.3", "warmup + cosine learning rate", _lr_at, _cases_lr, compare=_scalar(1e-9, 1e-15),
-         hint="step < warmup_steps: lr*(step+1)/warmup_steps; step >= decay_steps: min_lr; else "
-              "progress = (step-warmup)/(decay-warmup), min_lr + 0.5*(1+cos(pi*progress))*(lr-min_lr)"),
+         hint="linear warmup that reaches lr at the end of warmup, then a half cosine from lr down to min_lr "
+              "until decay_steps, then min_lr"),
     Task("7.4", "weight-decay parameter groups", _decay_split, _cases_decay, compare=_names,
-         hint="for name, p in model.named_parameters(): skip if not p.requires_grad; p.dim() >= 2 → decay, "
-              "else no decay"),
-    Task("7.5", "gradient accumulation", _train_steps, _cases_train_steps, compare=_log,
-         hint="for each micro-batch: the model's loss divided by the number of micro-batches, backward; "
-              "after the last one: clip the global norm (keep the returned norm), step the optimizer, zero the "
-              "gradients; return the mean loss and that norm per step"),
+         hint="matrices (2 or more dimensions) get weight decay, vectors (biases, LayerNorm gains) do not; frozen "
+              "parameters go in neither list"),
+    Task("7.5", "gradient accumulation", _train_steps, _cases_train_steps, compare=_log, pure=False,
+         hint="scale each micro-batch's loss by the number of micro-batches so the gradients add up to the mean; "
+              "after the last micro-batch clip, step and reset the gradients; log the step's mean loss and the "
+              "norm before clipping"),
     Task("7.6", "global gradient-norm clipping", _clip_grad_norm, _cases_clip, compare=_clipped,
-         hint="total = sqrt(sum of g.pow(2).sum()); coef = min(1, max_norm / (total + 1e-6)); return "
-              "([g * coef for g in grads], total)"),
-    Task("7.7", "checkpoint round trip", _checkpoint_round_trip, _cases_round_trip, compare=_round_trip,
-         hint="torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step}, "
-              "f'{folder}/ckpt.pt'); then torch.load it and load_state_dict into new_model and new_optimizer"),
+         hint="the global norm is over all gradients together (the square root of all squares summed); scale "
+              "every gradient by the same factor, never above 1; return new tensors"),
+    Task("7.7", "checkpoint round trip", _checkpoint_round_trip, _cases_round_trip, compare=_round_trip, pure=False,
+         hint="a checkpoint is one file holding the model's and the optimizer's state dicts and the step; write "
+              "it in folder, read it back, and load each state into the new objects"),
 ]:
     register(_task)

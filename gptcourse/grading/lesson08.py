@@ -232,23 +232,23 @@ def _cases_frontier():
 
 for _task in [
     Task("8.1", "training FLOPs ≈ 6·N·D", _training_flops, _cases_flops, compare=_floats(1e-9),
-         hint="6 * n_params * n_tokens: 2 FLOPs per weight per token forward, 4 backward"),
+         hint="each weight costs about 2 FLOPs per token forward and 4 backward"),
     Task("8.2", "non-embedding parameter count", _non_embedding_params, _cases_params, compare=exact_int,
-         hint="per layer: two LayerNorms (2C each, C without bias), attention 3C²+3C + C²+C, MLP 4C²+4C + 4C²+C "
-              "(drop the bias terms when bias=False); final LayerNorm; plus the head V·C (tied or not); "
-              "never the position table"),
+         hint="count every weight inside the blocks plus the final LayerNorm and the head; leave out the token "
+              "and position tables (with bias off, no bias vectors)"),
     Task("8.3", "fit a power law in log space", _fit_power_law, _cases_power_law, compare=_floats(1e-6),
-         hint="least squares line through (log x, log(y - floor)): slope = Σ(u-ū)(v-v̄)/Σ(u-ū)², "
-              "intercept = v̄ - slope·ū; then b = -slope and a = exp(intercept)"),
+         hint="a power law is a straight line in log-log space: fit a least-squares line to the logs of x and of "
+              "y - floor; the exponent is minus its slope, the coefficient comes from its intercept"),
     Task("8.4", "best learning rate of a sweep", _best_lr, _cases_best_lr, compare=_lr_or_none,
-         hint="skip losses that are None or not finite (math.isfinite); among the rest take the lowest loss, "
-              "ties to the smaller lr; None when nothing is left"),
+         hint="ignore runs whose loss is missing or not finite; the lowest loss wins, ties going to the smaller "
+              "lr; nothing left: None"),
     Task("8.5", "the Chinchilla-optimal split", _chinchilla_split, _cases_chinchilla, compare=_floats(1e-9),
-         hint="C = 6·N·D and D = r·N give N = sqrt(C / (6·r)), D = r·N"),
+         hint="compute is 6 N D and D is tokens_per_param times N: substitute and solve for N"),
     Task("8.6", "a log-spaced grid", _log_grid, _cases_grid, compare=_floats(1e-9),
-         hint="value i is lo * (hi / lo) ** (i / (n - 1)); n = 1 gives [lo]"),
+         hint="equal ratios between neighbours: the exponent of hi / lo grows linearly from 0 to 1 across the n "
+              "values"),
     Task("8.7", "the compute-efficient frontier", _compute_frontier, _cases_frontier, compare=_indices,
-         hint="sort the finite runs by (compute, loss, index); keep a run when its loss is strictly below "
-              "the best loss seen so far"),
+         hint="go through the finite runs in order of compute (ties: lower loss, then index); a run is on the "
+              "frontier when it beats every run that used no more compute"),
 ]:
     register(_task)

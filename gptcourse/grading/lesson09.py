@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from ..model import _CONV1D, GPT, CausalSelfAttention, GPTConfig
+from ..model import CONV1D_WEIGHTS, GPT, CausalSelfAttention, GPTConfig
 from . import Case, Task, close, exact_int, register
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def _hf_layout(model: GPT, prefix: bool, masks: bool, masked_bias: bool, head: b
             continue
         name = k.removeprefix("transformer.")
         v = v.detach().clone()
-        if name.endswith(_CONV1D):
+        if name.endswith(CONV1D_WEIGHTS):
             v = v.t().contiguous()
         out[("transformer." if prefix else "") + name] = v
         if name.endswith("ln_1.bias"):  # the buffers sit after ln_1 in GPT2Attention's order
@@ -76,7 +76,7 @@ def _map_key(hf_key: str) -> tuple[str, bool] | None:
         return None  # buffers (the causal mask), not weights
     if name == "lm_head.weight":
         return name, False
-    return f"transformer.{name}", name.endswith(_CONV1D)
+    return f"transformer.{name}", name.endswith(CONV1D_WEIGHTS)
 
 
 def _convert_state_dict(hf_state: dict, config: GPTConfig) -> dict:
@@ -306,30 +306,27 @@ def _cases_ppl():
 
 for _task in [
     Task("9.1", "map a Hugging Face GPT-2 key to ours", _map_key, _cases_map_key, compare=_key_answer,
-         hint="strip a leading 'transformer.'; '.attn.bias' / '.attn.masked_bias' -> None; 'lm_head.weight' stays; "
-              "everything else gets 'transformer.' in front; transpose the four Conv1D weights "
-              "(attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj — weights only, not biases)"),
+         hint="Hugging Face names start at the transformer's children; the attention mask buffers are not "
+              "weights; GPT-2's Conv1D stores the four projection weights transposed (weights, not biases)"),
     Task("9.2", "convert a Hugging Face state dict", _convert_state_dict, _cases_convert,
          compare=_state_dict_answer,
-         hint="map every key (9.1), .t() the Conv1D weights, drop the buffers; when the file has no "
-              "lm_head.weight and config.tie_weights, lm_head.weight is the wte tensor; return exactly the keys "
-              "of GPT(config).state_dict()"),
+         hint="map every key with 9.1 and transpose where it says so; drop the buffers; a tied checkpoint without "
+              "a head shares the token table; the result has exactly our model's keys"),
     Task("9.3", "attention weights from GPT-2's fused c_attn", _gpt2_attention, _cases_attention,
          compare=close(1e-5),
-         hint="qkv = x @ weight + bias (Conv1D: no transpose needed here); q, k, v = qkv.split(C, dim=-1); "
-              "each .view(B, T, n_head, C // n_head).transpose(1, 2); softmax of q @ k^T / sqrt(head_dim) "
-              "with the future masked to -inf"),
+         hint="GPT-2's Conv1D stores (in, out), so no transpose here; split the fused projection into q, k, v, "
+              "split heads, then scaled scores with the future masked and a softmax"),
     Task("9.4", "count a GPT's parameters from its config", _count_params, _cases_count, compare=exact_int,
-         hint="per block 12·C² weights, plus 13·C with bias=True (9·C linear biases, 4·C LayerNorm values) or "
-              "2·C without (the LayerNorm gains); wte V·C; wpe T·C only with learned positions; ln_f 2·C (C "
-              "without biases); lm_head another V·C only when untied"),
+         hint="per block the four projections have 12 C^2 weights; add their biases and the LayerNorms as the "
+              "config says; then the embedding tables, the final LayerNorm and an untied head"),
     Task("9.5", "the sliding-window plan", _window_plan, _cases_plan, compare=_plan_answer,
-         hint="start=0, first=1; end = min(start + block_size + 1, n_tokens); append (start, end, first); "
-              "stop when end == n_tokens; else first = end, start += stride"),
+         hint="windows of block_size + 1 tokens, one every stride tokens; each scores only the tokens the "
+              "previous window did not; the last window ends at the end of the text"),
     Task("9.6", "per-token losses over a long text", _token_losses_sliding, _cases_sliding, compare=close(1e-5),
-         hint="for each (start, end, first) window: logits of ids[start:end-1]; cross-entropy with targets "
-              "ids[start+1:end] (no reduction); keep the last end - first of them, for tokens first..end-1"),
+         hint="run the model once per window of the plan; a window's targets are its tokens shifted by one; keep "
+              "only the losses of the tokens that window is responsible for"),
     Task("9.7", "perplexity and bits per byte", _perplexity_and_bpb, _cases_ppl, compare=_pair_of_floats,
-         hint="perplexity = exp(mean nats per token); bits per byte = total nats / ln 2 / n_bytes"),
+         hint="perplexity is exp of the mean loss per token; bits per byte converts the total loss from nats to "
+              "bits and divides by the number of bytes"),
 ]:
     register(_task)

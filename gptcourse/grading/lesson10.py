@@ -249,22 +249,25 @@ def _cases_prf():
 
 for _task in (
     Task("10.1", "pad a batch", _pad_batch, _cases_pad, _same_tensors,
-         hint="ids start as a (B, longest) tensor full of pad_id (torch.long); lengths and labels are "
-              "torch.long tensors of shape (B,)."),
+         hint="a (B, longest) tensor filled with pad_id, each row's ids copied to its start; lengths and labels "
+              "are long tensors of shape (B,)"),
     Task("10.2", "padding tokens: fixed vs dynamic", _padding_waste, _cases_waste, _compare_waste,
-         hint="batches are consecutive slices of batch_size texts (the last may be shorter); a batch "
-              "padded to width W holds len(batch) * W positions."),
+         hint="batches are consecutive slices of batch_size texts (the last may be shorter); fixed padding pads "
+              "to the longest text overall, dynamic padding to the longest text of each batch"),
     Task("10.3", "last-real-token pooling", _pool_last, _cases_pool, _close(0.0),
-         hint="row b's last real token sits at position lengths[b] - 1."),
+         hint="row b's last real token sits at position lengths[b] - 1: index the batch and the time dimension "
+              "together"),
     Task("10.4", "classifier logits from a GPT", _classifier_logits, _cases_logits, _close(1e-5),
-         hint="backbone.hidden_states(ids) -> (B, T, C); pool at lengths - 1; then the head. "
-              "Run under torch.no_grad() with the backbone in eval mode."),
-    Task("10.5", "which parameters train", _freeze, _cases_freeze, _pair_of_ints,
-         hint="freeze everything first; 'last_block' and 'last_2' also train the final LayerNorm "
-              "(transformer.ln_f); count tied weights once (iterate clf.parameters())."),
+         hint="the backbone's hidden states (not its logits), pooled at each row's last real token, go through "
+              "the head; no gradients needed"),
+    Task("10.5", "which parameters train", _freeze, _cases_freeze, _pair_of_ints, pure=False,
+         hint="freeze everything first, then unfreeze what the mode trains; 'last_block' and 'last_2' also train "
+              "the final LayerNorm; tied weights count once"),
     Task("10.6", "confusion matrix", _confusion, _cases_confusion,
-         hint="confusion[true][predicted], a list of num_classes lists of ints."),
+         hint="rows are the true class, columns the predicted class; start from zeros and count each (true, "
+              "predicted) pair"),
     Task("10.7", "precision, recall and F1", _prf, _cases_prf, _three_floats,
-         hint="count tp, fp, fn for the positive class; a ratio whose denominator is 0 is 0.0."),
+         hint="count true positives, false positives and false negatives for the positive class; a ratio whose "
+              "denominator is 0 is 0.0"),
 ):
     register(_task)

@@ -217,23 +217,24 @@ def _compare_bool(expected: bool, got: Any) -> str | None:
 
 
 register(Task("11.1", "format_prompt: the Alpaca prompt", _format_prompt, _format_cases,
-              hint="preamble, blank line, '### Instruction:' + newline + instruction; the input section "
-                   "only when the input is non-empty; end with '\\n\\n### Response:\\n'"))
+              hint="preamble, a blank line, the instruction section; the input section only when the input is "
+                   "non-empty; end with the response header and a newline"))
 register(Task("11.2", "collate with padding and -100", lambda batch, pad_id: _collate(batch, pad_id),
               lambda: _collate_cases(False), _compare_xy,
-              hint="sequence = prompt + response + [pad_id]; inputs = seq[:-1] padded with pad_id, "
-                   "targets = seq[1:] padded with -100"))
+              hint="each row is prompt + response + one pad token as end of text; inputs are the sequence without "
+                   "its last token, targets without its first; pad the inputs with pad_id and the targets with "
+                   "-100"))
 register(Task("11.3", "collate with prompt masking", _collate, lambda: _collate_cases(True), _compare_xy,
-              hint="as 11.2; when mask_prompt is true, also set the first len(prompt) - 1 targets of each row to -100: those "
-                   "targets are prompt tokens"))
+              hint="as 11.2; with mask_prompt, the targets that are prompt tokens also become -100 (there is one "
+                   "fewer of them than prompt tokens)"))
 register(Task("11.4", "LoRA forward pass", _lora_forward, _lora_forward_cases, close(1e-5),
-              hint="x @ W.T + b + (x @ A.T @ B.T) * (alpha / r); no bias term when b is None"))
+              hint="the frozen linear layer plus the low-rank path through A then B, scaled by alpha / r; no bias "
+                   "when b is None"))
 register(Task("11.5", "merge LoRA into the weight", _merge_lora_weight, _merge_cases, close(1e-5),
-              hint="W + (B @ A) * (alpha / r); return a new tensor of W's shape"))
+              hint="the low-rank update B A, scaled by alpha / r, added to a new copy of W"))
 register(Task("11.6", "count LoRA's trainable parameters", _lora_param_count, _count_cases, exact_int,
-              hint="r * (in_features + out_features) per wrapped layer; c_attn is n_embd -> 3 n_embd, "
-                   "attn.c_proj n_embd -> n_embd, c_fc n_embd -> 4 n_embd, mlp.c_proj 4 n_embd -> n_embd; "
-                   "'c_proj' matches both projections"))
+              hint="a rank-r adapter on an (in, out) layer has r * (in + out) parameters; know the in and out of "
+                   "each of the four projections; 'c_proj' matches both projections"))
 register(Task("11.7", "check a response (normalised match)", _check_response, _check_cases, _compare_bool,
-              hint="collapse whitespace, strip spaces and quotes, drop trailing . ! ? ; : , — then compare; "
-                   "ignore case except for the upper/lower kinds"))
+              hint="collapse whitespace, strip spaces and quotes, drop trailing punctuation, then compare; ignore "
+                   "case except for the upper/lower kinds"))

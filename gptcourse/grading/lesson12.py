@@ -354,29 +354,28 @@ def _cases_probe():
 
 for _task in [
     Task("12.1", "the sliding-window plan", _window_plan, _cases_plan, compare=_plan,
-         hint="begin = 0, done = 0 (targets 1..done are scored); while done < num_tokens - 1: length = "
-              "min(block_size, num_tokens - 1 - begin); append (begin, length, done - begin); done = begin + length; "
-              "begin += stride"),
+         hint="each window scores the targets after those already scored; a window holds at most block_size "
+              "tokens and starts stride after the previous one; stop when every target is scored"),
     Task("12.2", "perplexity with a sliding window", _sliding_perplexity, _cases_perplexity, compare=_scalar(1e-5),
-         hint="for each (begin, length, skip) of the plan: logits of tokens[begin:begin+length], targets "
-              "tokens[begin+1:begin+length+1]; add -log_softmax at the targets for positions skip.. only; "
-              "perplexity = exp(total / number of scored targets)"),
+         hint="follow the plan: one model call per window, log-softmax, the targets' log-probabilities after the "
+              "skipped ones; perplexity is exp of the total over the number of scored targets"),
     Task("12.3", "scoring multiple-choice endings", _score_endings, _cases_scores, compare=_scores,
-         hint="ctx = tokenizer.encode(context); for each ending e = tokenizer.encode(' ' + ending); run the model on "
-              "(ctx + e)[:-1]; the ending's log-probabilities are log_softmax(logits)[len(ctx)-1+i, e[i]]"),
+         hint="encode the context and each ending (with a leading space) separately; one model call on the "
+              "concatenation minus its last token; the ending's scores are the log-probabilities at the positions "
+              "that predict its tokens"),
     Task("12.4", "multiple-choice accuracy", _mc_accuracy, _cases_mc, compare=_scalar(1e-9, 1e-12),
-         hint="score every record's endings after record['ctx']; pick the argmax of sum_logprob (norm None), "
-              "mean_logprob ('tokens') or char_logprob ('chars'), first index on ties; compare with int(record['label'])"),
+         hint="score every record's endings; the prediction is the best score under the chosen normalisation "
+              "(sum, per token or per character), the first on ties; the accuracy is the share of correct "
+              "predictions"),
     Task("12.5", "a percentile bootstrap interval", _bootstrap_interval, _cases_bootstrap, compare=_interval,
-         hint="rng = np.random.default_rng(seed); idx = rng.integers(0, n, size=(n_boot, n)); "
-              "means = values[idx].mean(axis=1); np.quantile(means, [alpha / 2, 1 - alpha / 2])"),
+         hint="resample indices with replacement n_boot times from a generator seeded with seed, all at once; "
+              "take the mean of each resample; the interval is the alpha / 2 and 1 - alpha / 2 quantiles"),
     Task("12.6", "a redacting output filter", _redact, _cases_redact, compare=_text,
-         hint="collect (start, end) spans: each term as re.compile(r'(?<!\\w)' + r'\\s+'.join(map(re.escape, "
-              "term.split())) + r'(?!\\w)', re.IGNORECASE), each pattern with re.IGNORECASE; sort, merge spans "
-              "that overlap (start < previous end), replace each merged span"),
+         hint="find every span first (terms as whole words, case-insensitive, any whitespace between their words; "
+              "patterns case-insensitive), then merge overlapping spans, then replace each merged span once"),
     Task("12.7", "a bias probe", _bias_rows, _cases_probe, compare=_rows,
-         hint="for every filler: score_choices(model, tokenizer, template.replace('{X}', filler), completions)"
-              "['sum_logprob']; a group's value is the mean over its fillers; gap = max - min over the groups; "
-              "favours = the group with the max (the first on a tie)"),
+         hint="score the completions after the template filled with each filler; a group's value is the mean over "
+              "its fillers; the gap is the largest group value minus the smallest; favours names the largest "
+              "(the first on a tie)"),
 ]:
     register(_task)

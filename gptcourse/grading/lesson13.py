@@ -10,14 +10,14 @@ from types import SimpleNamespace
 
 import torch
 
-from ..serve import ServeError, _Engine, _held_back
+from ..serve import Engine, ServeError, held_back
 from . import Case, Task, register
 
 # -- references ---------------------------------------------------------------------------------
 
 
 def _held_back_ref(text: str, stops: list[str]) -> int:
-    return _held_back(text, stops)
+    return held_back(text, stops)
 
 
 def _apply_stop(text: str, stops: list[str]) -> tuple[str, bool]:
@@ -26,7 +26,7 @@ def _apply_stop(text: str, stops: list[str]) -> tuple[str, bool]:
 
 
 def _stream_pieces(tokens: list[str], stops: list[str]) -> tuple[list[str], str]:
-    """The server's streaming loop (``_Engine.pieces``) over token texts that decode alone."""
+    """The server's streaming loop (``Engine.pieces``) over token texts that decode alone."""
     pieces, text, sent, finish = [], "", 0, "length"
     for k in range(len(tokens)):
         text = "".join(tokens[:k + 1])
@@ -35,7 +35,7 @@ def _stream_pieces(tokens: list[str], stops: list[str]) -> tuple[list[str], str]
             text = text[:min(cuts)]
             finish = "stop"
             break
-        safe = len(text) - _held_back(text, stops)
+        safe = len(text) - held_back(text, stops)
         if safe > sent:
             pieces.append(text[sent:safe])
             sent = safe
@@ -79,7 +79,7 @@ class _Bytes:
 
 
 class _Shape:
-    """Just enough of a model for ``_Engine.parse``: a config with block_size."""
+    """Just enough of a model for ``Engine.parse``: a config with block_size."""
 
     def __init__(self, block_size: int) -> None:
         self.config = SimpleNamespace(block_size=block_size)
@@ -92,7 +92,7 @@ class _Shape:
 
 
 def _validate(body, max_tokens_cap: int, block_size: int) -> dict | None:
-    engine = _Engine(_Shape(block_size), _Bytes(), "m", max_tokens_cap)
+    engine = Engine(_Shape(block_size), _Bytes(), "m", max_tokens_cap)
     try:
         engine.parse(body, chat=False)
     except ServeError as err:
@@ -196,28 +196,34 @@ def _cases_chunk():
             Case((_head(9), None, None), {"role": False})]
 
 
-def _sse_body(text: str, rng: random.Random, chat: bool, usage: bool, noise: bool) -> str:
+def _sse_body(text: str, rng: random.Random, chat: bool, usage: bool, noise: bool, ending: str = "empty") -> str:
+    """A server's event stream for ``text``. ``ending``: "empty" -- a content-free chunk carries the
+    finish reason (as our server does); "content" -- the last content chunk carries it; "none" --
+    no finish chunk, the last content chunk comes right before ``[DONE]``."""
     cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 5)))) if len(text) > 1 else []
     parts = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])] if text else []
     head = _head(rng.randrange(1000))
     if not chat:
         head = {**head, "object": "text_completion"}
+    finish = "stop" if chat else "length"
     events = []
     if chat:
         events.append(_chat_chunk(head, None, None, role=True))
-    for p in parts:
+    for k, p in enumerate(parts):
+        reason = finish if ending == "content" and k == len(parts) - 1 else None
         if chat:
-            events.append(_chat_chunk(head, p, None))
+            events.append(_chat_chunk(head, p, reason))
         else:
-            c = {"index": 0, "text": p, "logprobs": None, "finish_reason": None}
+            c = {"index": 0, "text": p, "logprobs": None, "finish_reason": reason}
             events.append(f"data: {json.dumps({**head, 'choices': [c]})}\n\n")
         if noise and rng.random() < 0.5:
             events.append(": keep-alive\n\n")
-    if chat:
-        events.append(_chat_chunk(head, None, "stop"))
-    else:
-        c = {"index": 0, "text": "", "logprobs": None, "finish_reason": "length"}
-        events.append(f"data: {json.dumps({**head, 'choices': [c]})}\n\n")
+    if ending == "empty" or not parts:
+        if chat:
+            events.append(_chat_chunk(head, None, finish))
+        else:
+            c = {"index": 0, "text": "", "logprobs": None, "finish_reason": finish}
+            events.append(f"data: {json.dumps({**head, 'choices': [c]})}\n\n")
     if usage:
         u = {"prompt_tokens": 5, "completion_tokens": len(parts), "total_tokens": 5 + len(parts)}
         events.append(f"data: {json.dumps({**head, 'choices': [], 'usage': u})}\n\n")
@@ -236,6 +242,13 @@ def _cases_parse():
         cases.append(Case((_sse_body(t, rng, chat=i % 2 == 0, usage=True, noise=True),),
                           label="with a usage chunk and comments"))
         cases.append(Case((_sse_body(t, rng, chat=False, usage=False, noise=False),), label="completion chunks"))
+    for i, t in enumerate([texts[0], texts[3], texts[4], texts[2]]):
+        chat = i % 2 == 0
+        cases.append(Case((_sse_body(t, rng, chat, False, False, ending="content"),),
+                          label=f"{'chat' if chat else 'completion'}: the last content chunk also carries the "
+                                f"finish reason"))
+        cases.append(Case((_sse_body(t, rng, not chat, False, False, ending="none"),),
+                          label="no finish chunk: the last content event comes right before [DONE]"))
     cases.append(Case((_sse_body("before", rng, True, False, False) + _sse_body("after", rng, True, False, False),),
                       label="nothing after [DONE] counts"))
     return cases
@@ -277,26 +290,21 @@ def _cases_validate():
 
 for _task in [
     Task("13.1", "the held-back end of a streamed text", _held_back_ref, _cases_held_back,
-         hint="for each stop s, for k from min(len(s) - 1, len(text)) down to 1: if text.endswith(s[:k]) "
-              "remember k (stop at the first, longest k); return the largest over the stops (0 if none)"),
+         hint="hold back the longest end of the text that is the start (but not the whole) of some stop string"),
     Task("13.2", "apply stop strings", _apply_stop, _cases_apply_stop,
-         hint="positions = [text.find(s) for s in stops if s in text]; if any: (text[:min(positions)], True); "
-              "else (text, False)"),
+         hint="cut at the earliest place any stop string occurs and say whether you cut"),
     Task("13.3", "the pieces a streaming server sends", _stream_pieces, _cases_pieces,
-         hint="text = ''.join(tokens[:k+1]) after each token; if a stop string occurs: cut at the earliest, "
-              "finish 'stop', break; safe = len(text) - held_back(text, stops); whenever safe exceeds what "
-              "was sent, send the new part up to safe. At the end send what is left, if anything"),
+         hint="after each token, cut at a stop string if one appeared (finish 'stop'); otherwise send the new "
+              "text up to what must be held back (13.1); at the end send whatever is left"),
     Task("13.4", "a chat chunk as a server-sent event", _chat_chunk, _cases_chunk, compare=_event,
-         hint="delta = {'role': 'assistant', 'content': ''} if role else ({'content': content} if content is "
-              "not None else {}); 'data: ' + json.dumps({**head, 'choices': [{'index': 0, 'delta': delta, "
-              "'logprobs': None, 'finish_reason': finish_reason}]}) + '\\n\\n'"),
+         hint="the first chunk carries the role, later ones the content (an empty delta when there is none); one "
+              "choice; the event is 'data: ' plus the JSON and a blank line"),
     Task("13.5", "parse an SSE stream into text", _parse_sse, _cases_parse,
-         hint="for each line starting with 'data: ': payload '[DONE]' ends the stream; else json.loads it and "
-              "for each choice add choice['delta'].get('content') (chat) or choice['text'] (completion), "
-              "skipping None"),
+         hint="only 'data: ' lines are events; '[DONE]' ends the stream; chat chunks carry text in the delta, "
+              "completion chunks in 'text'; any chunk may carry text, also the one with the finish reason"),
     Task("13.6", "validate a completion request", _validate, _cases_validate, compare=_error_body,
-         hint="check in order: body a dict, model, prompt (a list of one string is unwrapped), n, stream, "
-              "stream_options, seed, temperature in [0, 2], top_p in (0, 1], stop, then the context: "
-              "room = block_size - max(1, len(prompt.encode())), then max_tokens"),
+         hint="check the fields in the order the server does, returning the first error; a list of one prompt "
+              "string counts as that string; the context left is block_size minus the prompt's tokens (at least "
+              "1)"),
 ]:
     register(_task)
