@@ -1,5 +1,7 @@
 """Benchmark ``gptcourse serve``: requests/s and tokens/s for 1, 4 and 16 concurrent clients,
-against the same generation in-process with no HTTP (``gptcourse.generate.generate``).
+against the same generation in-process with no HTTP (``gptcourse.generate.generate``); then
+today's one-at-a-time engine against continuous batching (``gptcourse.batching``) at 1, 4, 16
+and 64 concurrent clients.
 
 A 6-layer, 6-head, 384-wide GPT (GPT-2's 50,257-token vocabulary and tokenizer, 1,024-token
 context, random weights, seed 0) is served by :func:`gptcourse.serve.create_app` under uvicorn
@@ -15,24 +17,43 @@ this process; at 1 client, baseline runs and requests alternate (10 of each), so
 the same load on the machine. Serving overhead = server latency at 1 client / baseline latency - 1
 (goal <= 10%). One streamed request per round at 1 client gives the time to first token.
 
-    python bench/bench_serve.py              # the full run (about a minute on 2 cores)
-    python bench/bench_serve.py --quick      # 16 tokens, few requests: does it run?
-    python bench/bench_serve.py --json out.json
+Engines side by side (same model, same process, same run): ``serial`` is today's server
+engine without the HTTP -- one worker thread runs one request at a time, first come first
+served, with :func:`gptcourse.batching.generate_pieces` (``stream`` + ``TextAssembler``, what
+``serve``'s ``_Engine.pieces`` does); ``batched`` is :class:`gptcourse.batching.BatchedEngine`
+(``--max-batch``, default 16). Client threads each send their share of streamed greedy
+requests (four different 32-token prompts, ``max_tokens`` 64) back to back and check every
+answer against the prompt's answer alone. Per level: aggregate tokens/s (all completion
+tokens / wall time), latency p50/p95 (submit to last piece) and time to first token p50/p95
+(submit to the first piece with text). Goal: batched at 16 clients >= 4x one client's tokens/s.
+With ``--http`` the same clients also go through HTTP (streamed ``/v1/completions``): to
+today's server, and to a batched one once ``serve.create_app`` takes ``max_batch=``.
+
+    python bench/bench_serve.py                  # the full run (about 4 minutes on 2 cores)
+    python bench/bench_serve.py --quick          # 8-16 tokens, few requests: does it run?
+    python bench/bench_serve.py --engines-only   # skip the HTTP overhead part
+    python bench/bench_serve.py --http --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
+import inspect
 import json
+import math
 import os
 import platform
+import queue
 import statistics
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import torch
 
+from gptcourse.batching import BatchedEngine, generate_pieces
 from gptcourse.generate import generate
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.serve import background, create_app
@@ -41,6 +62,14 @@ from gptcourse.tokenizer import get_tokenizer
 PROMPT = ("The history of the city begins with a small village on the river, where farmers "
           "and fishermen traded grain, salt and wool with travellers from the hills and the coast, "
           "long before the first bridge was built")
+#: the engines part cycles through these (each cut to 32 tokens)
+PROMPTS = [PROMPT,
+           "To bake bread you need flour, water, salt and yeast; mix them, knead the dough for ten "
+           "minutes, let it rise in a warm place until it has doubled, then shape the loaf",
+           "Dear committee, thank you for your letter of the third. We have read the report with "
+           "great interest and would like to raise three points before the meeting next week",
+           "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n"
+           "    return a\n\nprint([fibonacci(i) for i in range(10)])\n"]
 
 
 def load() -> str:
@@ -123,28 +152,16 @@ def run_clients(port: int, body: dict, clients: int, requests: int, expect: str)
             "latency_max_s": max(latencies)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="16 tokens, few requests")
-    ap.add_argument("--max-tokens", type=int, default=None, help="default 64 (16 with --quick)")
-    ap.add_argument("--json", default=None, help="also write the results here")
-    args = ap.parse_args()
+def http_overhead(model, tokenizer, args) -> dict:
+    """The serving overhead part: HTTP vs in-process ``generate`` at 1, 4 and 16 clients."""
     max_tokens = args.max_tokens or (16 if args.quick else 64)
     levels = [(4, 8), (16, 16)] if args.quick else [(4, 16), (16, 32)]
     rounds = 3 if args.quick else 10  # 1 client: requests, alternating with the baseline
-
-    print(f"# bench_serve: python {platform.python_version()}, torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load {load()}")
-    torch.manual_seed(0)
-    tokenizer = get_tokenizer("gpt2")
-    config = GPTConfig(vocab_size=50257, block_size=1024, n_layer=6, n_head=6, n_embd=384)
-    model = GPT(config).eval()
     prompt_ids = tokenizer.encode_ordinary(PROMPT)[:32]
     prompt = tokenizer.decode(prompt_ids)
     assert tokenizer.encode_ordinary(prompt) == prompt_ids
     eot = tokenizer.eot_id
-    print(f"# model 6x384 ({model.num_params():,} parameters), prompt {len(prompt_ids)} tokens, "
-          f"max_tokens {max_tokens}, greedy")
+    print(f"# HTTP overhead: prompt {len(prompt_ids)} tokens, max_tokens {max_tokens}, greedy")
 
     # ---- in-process baseline: generate() + decode, no HTTP
     def once() -> str:
@@ -201,12 +218,249 @@ def main() -> None:
           f"{'met' if overhead <= 0.10 else 'NOT met'})")
     print(f"streamed, 1 client: first token after {ttft * 1000:.0f} ms, done after "
           f"{stream_total:.3f} s (median of 3)")
+    return {"max_tokens": max_tokens, "tokens": tokens, "baseline_s": base, "rows": rows,
+            "overhead_1_client": overhead, "ttft_s": ttft, "stream_total_s": stream_total,
+            "load_end": load()}
+
+
+# --------------------------------------------------------------------------------------
+# engines side by side: today's one-at-a-time engine vs continuous batching
+# --------------------------------------------------------------------------------------
+
+
+class SerialEngine:
+    """Today's server engine without HTTP: one worker thread, one request at a time, first
+    come first served; each request's pieces come from ``generate_pieces``."""
+
+    def __init__(self, model, tokenizer) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.jobs: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            ids, max_tokens, kw, out = job
+            try:
+                for piece in generate_pieces(self.model, self.tokenizer, ids, max_tokens, **kw):
+                    out.put(piece)
+            except Exception as err:  # noqa: BLE001 - handed to the client
+                out.put(err)
+
+    def submit(self, ids: list[int], max_tokens: int, **kw) -> Iterator[tuple]:
+        out: queue.SimpleQueue = queue.SimpleQueue()
+        self.jobs.put((ids, max_tokens, kw, out))
+        while True:
+            piece = out.get()
+            if isinstance(piece, Exception):
+                raise piece
+            yield piece
+            if piece[1] is not None:
+                return
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(timeout=60)
+
+
+#: one request: (prompt index) -> (seconds to first text, seconds in all, text, tokens)
+Call = Callable[[int], tuple[float, float, str, int]]
+
+
+def engine_call(engine, prompts: list[list[int]], max_tokens: int) -> Call:
+    def call(i: int) -> tuple[float, float, str, int]:
+        t0 = time.perf_counter()
+        first, parts, piece = None, [], ("", None, 0)
+        for piece in engine.submit(prompts[i], max_tokens, temperature=0.0):
+            if piece[0] and first is None:
+                first = time.perf_counter() - t0
+            parts.append(piece[0])
+        total = time.perf_counter() - t0
+        return first or total, total, "".join(parts), piece[2]
+    return call
+
+
+def http_call(port: int, texts: list[str], max_tokens: int) -> Call:
+    """Streamed ``/v1/completions`` on a keep-alive connection per client thread."""
+    local = threading.local()
+
+    def call(i: int) -> tuple[float, float, str, int]:
+        if getattr(local, "conn", None) is None:
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        body = {"prompt": texts[i], "max_tokens": max_tokens, "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}}
+        t0 = time.perf_counter()
+        local.conn.request("POST", "/v1/completions", body=json.dumps(body),
+                           headers={"Content-Type": "application/json"})
+        resp = local.conn.getresponse()
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:300]!r}")
+        first, parts, n = None, [], 0
+        while (line := resp.readline()) and line.strip() != b"data: [DONE]":
+            if not line.startswith(b"data: "):
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                n = event["usage"]["completion_tokens"]
+            for choice in event.get("choices", []):
+                if choice["text"] and first is None:
+                    first = time.perf_counter() - t0
+                parts.append(choice["text"])
+        resp.read()
+        total = time.perf_counter() - t0
+        return first or total, total, "".join(parts), n
+    return call
+
+
+def pct(xs: list[float], q: float) -> float:
+    """The q-th percentile, nearest rank."""
+    s = sorted(xs)
+    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
+
+
+def run_level(call: Call, clients: int, requests: int, expect: list[str]) -> dict:
+    """``requests`` requests (prompts in turn) over ``clients`` threads, each back to back."""
+    results: list[tuple[float, float, str, int]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients + 1)
+    mine = [list(range(c, requests, clients)) for c in range(clients)]
+
+    def client(jobs: list[int]) -> None:
+        try:
+            barrier.wait()
+            for j in jobs:
+                r = call(j % len(expect))
+                if r[2] != expect[j % len(expect)]:
+                    raise AssertionError("an answer differs from the same request alone")
+                with lock:
+                    results.append(r)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=client, args=(jobs,)) for jobs in mine]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    ttft, lat = [r[0] for r in results], [r[1] for r in results]
+    return {"clients": clients, "requests": requests, "wall_s": wall,
+            "tokens_per_s": sum(r[3] for r in results) / wall,
+            "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95),
+            "ttft_p50_s": pct(ttft, 50), "ttft_p95_s": pct(ttft, 95)}
+
+
+def engines(model, tokenizer, args) -> dict:
+    """Today's engine and the batched one side by side at each level of clients."""
+    max_tokens = args.max_tokens or (8 if args.quick else 64)
+    levels = [int(c) for c in args.levels.split(",")]
+    texts, prompts = [], []
+    for text in PROMPTS:
+        ids = tokenizer.encode_ordinary(text)[:32]
+        texts.append(tokenizer.decode(ids))
+        assert tokenizer.encode_ordinary(texts[-1]) == ids  # the server sees the same ids
+        prompts.append(ids)
+    expect = ["".join(p[0] for p in generate_pieces(model, tokenizer, ids, max_tokens,
+                                                      temperature=0.0)) for ids in prompts]
+    print(f"\n# engines: {len(prompts)} prompts of 32 tokens, max_tokens {max_tokens}, greedy, "
+          f"streamed; batched max_batch {args.max_batch}; load {load()}")
+
+    serial = SerialEngine(model, tokenizer)
+    batched = BatchedEngine(model, tokenizer, max_batch=args.max_batch)
+    serial_name, batched_name = "serial (today's engine)", f"batched (max_batch {args.max_batch})"
+    runs = {serial_name: engine_call(serial, prompts, max_tokens),
+            batched_name: engine_call(batched, prompts, max_tokens)}
+    rows = []
+    with contextlib.ExitStack() as servers:
+        if args.http:
+            cap = max(512, max_tokens)
+            apps = {"HTTP " + serial_name: create_app(model, tokenizer, max_tokens_cap=cap)}
+            if "max_batch" in inspect.signature(create_app).parameters:
+                apps["HTTP " + batched_name] = create_app(model, tokenizer, max_tokens_cap=cap,
+                                                     max_batch=args.max_batch)
+            else:
+                print("# --http: serve.create_app takes no max_batch= yet, so only today's "
+                      "server is measured over HTTP")
+            for name, app in apps.items():
+                port = int(servers.enter_context(background(app)).rsplit(":", 1)[1])
+                runs[name] = http_call(port, texts, max_tokens)
+        for call in runs.values():  # warm-up, and a check of every path
+            for i in range(len(prompts)):
+                assert call(i)[2] == expect[i], "an answer differs from the same request alone"
+        for clients in levels:
+            requests = clients if args.quick else max(8, clients * (2 if clients <= 16 else 1))
+            for name, call in runs.items():
+                rows.append({"engine": name, **run_level(call, clients, requests, expect)})
+    serial.close()
+    batched.close()
+    stats = dict(batched.stats)
+
+    print()
+    print("| engine | clients | requests | tokens/s | latency p50 s | latency p95 s | "
+          "first token p50 ms | first token p95 ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['engine']} | {r['clients']} | {r['requests']} | {r['tokens_per_s']:.1f} | "
+              f"{r['latency_p50_s']:.3f} | {r['latency_p95_s']:.3f} | "
+              f"{r['ttft_p50_s'] * 1000:.0f} | {r['ttft_p95_s'] * 1000:.0f} |")
+    print()
+
+    def rate(engine: str, clients: int) -> float | None:
+        return next((r["tokens_per_s"] for r in rows
+                     if r["engine"] == engine and r["clients"] == clients), None)
+
+    one = [rate(serial_name, 1), rate(batched_name, 1)]
+    summary = {"max_tokens": max_tokens, "rows": rows, "batched_stats": stats}
+    b16 = rate(batched_name, 16)
+    if None not in one and b16 is not None:
+        ratio = b16 / max(one)
+        summary["batched_16_over_1_client"] = ratio
+        print(f"batched at 16 clients: {b16:.1f} tok/s = {ratio:.2f}x one client's "
+              f"({max(one):.1f} tok/s, the faster engine) (goal >= 4x: "
+              f"{'met' if ratio >= 4 else 'NOT met'})")
+    if stats.get("steps"):
+        print(f"batched engine: {stats['steps']} decode steps, mean batch "
+              f"{stats['rows'] / stats['steps']:.1f} rows")
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="16 tokens (engines: 8), few requests")
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="default 64 (--quick: 16, engines part 8)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--engines-only", action="store_true",
+                    help="skip the HTTP overhead part; measure only the engines side by side")
+    ap.add_argument("--http", action="store_true",
+                    help="engines part: also through HTTP (a batched server once create_app "
+                         "takes max_batch=)")
+    ap.add_argument("--max-batch", type=int, default=16, help="the batched engine's max_batch")
+    ap.add_argument("--levels", default=None,
+                    help="concurrent clients of the engines part (default 1,4,16,64; "
+                         "--quick: 1,4,16)")
+    args = ap.parse_args()
+    args.levels = args.levels or ("1,4,16" if args.quick else "1,4,16,64")
+
+    print(f"# bench_serve: python {platform.python_version()}, torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load {load()}")
+    torch.manual_seed(0)
+    tokenizer = get_tokenizer("gpt2")
+    config = GPTConfig(vocab_size=50257, block_size=1024, n_layer=6, n_head=6, n_embd=384)
+    model = GPT(config).eval()
+    print(f"# model 6x384 ({model.num_params():,} parameters), 1,024-token context, random "
+          "weights (seed 0), GPT-2 tokenizer")
+    results = {} if args.engines_only else http_overhead(model, tokenizer, args)
+    results["engines"] = engines(model, tokenizer, args)
     print(f"# load at the end: {load()}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"max_tokens": max_tokens, "tokens": tokens, "baseline_s": base,
-                       "rows": rows, "overhead_1_client": overhead, "ttft_s": ttft,
-                       "stream_total_s": stream_total, "load_end": load()}, f, indent=2)
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

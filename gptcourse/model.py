@@ -30,7 +30,9 @@ __all__ = [
     "Block",
     "GPT",
     "KVCache",
+    "SlotKVCache",
     "PRESETS",
+    "CONV1D_WEIGHTS",
 ]
 
 
@@ -139,11 +141,88 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    @classmethod
+    def over(cls, k: list[torch.Tensor], v: list[torch.Tensor]) -> KVCache:
+        """An empty cache that writes into existing buffers, one (B, n_head, max_len,
+        head_dim) pair per layer (e.g. one row of a :class:`SlotKVCache`)."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v, cache.max_len, cache.length = list(k), list(v), k[0].size(2), 0
+        return cache
+
+
+class SlotKVCache:
+    """A KV cache of ``max_batch`` rows ("slots"), each holding its own sequence.
+
+    For continuous batching (:mod:`gptcourse.batching`): requests join and leave, so every
+    row has its own filled length, ``lengths[row]``. A forward of ``B`` rows uses rows
+    ``0..B-1``: each row's new tokens sit at that row's next positions, their keys/values are
+    written there, and each row attends only to its own filled positions (a boolean mask; the
+    rest of the row may hold stale keys of an earlier request). :meth:`row` is a batch-1
+    :class:`KVCache` over one row's buffers, to prefill a prompt exactly as ``generate`` does.
+    """
+
+    def __init__(self, config: GPTConfig, max_batch: int, max_len: int | None = None,
+                 device=None, dtype=torch.float32) -> None:
+        self.max_len = max_len or config.block_size  # positions per row
+        shape = (max_batch, config.n_head, self.max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.lengths = [0] * max_batch  # filled positions of each row (a free row: 0)
+        self._pos: torch.Tensor | None = None  # (B, T) positions of the current forward's tokens
+        self._mask: torch.Tensor | None = None  # (B, 1, T, S) which keys each query may see
+
+    @property
+    def length(self) -> int:
+        """The longest row (what :meth:`GPT.forward` checks against ``block_size``)."""
+        return max(self.lengths)
+
+    def row(self, i: int) -> KVCache:
+        """An empty batch-1 :class:`KVCache` writing into row ``i`` (set ``lengths[i]`` to its
+        ``length`` afterwards)."""
+        return KVCache.over([k[i:i + 1] for k in self.k], [v[i:i + 1] for v in self.v])
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy row ``src`` (keys, values, length) into row ``dst`` and free ``src``."""
+        if src == dst:
+            return
+        n = self.lengths[src]
+        for buf in (*self.k, *self.v):
+            buf[dst, :, :n] = buf[src, :, :n]
+        self.lengths[dst], self.lengths[src] = n, 0
+
+    def begin(self, B: int, T: int, device=None) -> torch.Tensor:
+        """Positions (B, T) of ``T`` new tokens in each of rows ``0..B-1``; builds their mask
+        and advances the rows' lengths (called by :meth:`GPT.forward`)."""
+        past = torch.tensor(self.lengths[:B], device=device)
+        self._pos = past[:, None] + torch.arange(T, device=device)
+        keys = torch.arange(max(self.lengths[:B]) + T, device=device)
+        self._mask = (keys <= self._pos[..., None])[:, None]  # query at p sees keys 0..p
+        for i in range(B):
+            self.lengths[i] += T
+        return self._pos
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write new keys/values (B, n_head, T, head_dim) at each row's positions; return
+        rows ``0..B-1`` up to the longest one (use with :attr:`mask`)."""
+        B, S = k.size(0), self._mask.size(-1)
+        if S > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {S} were needed")
+        rows = torch.arange(B, device=k.device)[:, None]
+        self.k[layer][rows, :, self._pos] = k.transpose(1, 2)  # indexed: (B, T, n_head, head_dim)
+        self.v[layer][rows, :, self._pos] = v.transpose(1, 2)
+        return self.k[layer][:B, :, :S], self.v[layer][:B, :, :S]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, 1, T, S) boolean: which keys each new token may attend to."""
+        return self._mask
+
 
 def rope_cache(head_dim: int, positions: torch.Tensor, base: float = 10000.0):
-    """cos and sin tables for rotary embeddings at ``positions`` (shape (T, head_dim/2))."""
+    """cos and sin tables for rotary embeddings at ``positions`` (shape (T, head_dim/2), or
+    (B, T, head_dim/2) for positions of shape (B, T))."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
-    angles = positions.float()[:, None] * inv_freq[None, :]
+    angles = positions.float()[..., None] * inv_freq
     return angles.cos(), angles.sin()
 
 
@@ -181,7 +260,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None, layer: int = 0, return_weights: bool = False):
+                cache: KVCache | SlotKVCache | None = None, layer: int = 0,
+                return_weights: bool = False):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
@@ -194,14 +274,19 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         S = k.size(2)  # keys: past + new positions
+        # rows of a slot cache sit at positions of their own: each has its own mask
+        slot_mask = cache.mask if isinstance(cache, SlotKVCache) else None
         dropout = self.config.dropout if self.training else 0.0
         weights = None
         if self.attn_impl == "naive" or return_weights:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            mask = slot_mask if slot_mask is not None else (
+                torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past))
             att = att.masked_fill(~mask, float("-inf"))
             weights = F.softmax(att, dim=-1)
             y = self.attn_dropout(weights) @ v
+        elif slot_mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=slot_mask, dropout_p=dropout)
         elif past == 0 or T == 1:
             # a fresh sequence: the usual causal mask; one new token: it may see everything
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=(past == 0 and T > 1))
@@ -246,8 +331,9 @@ class Block(nn.Module):
 # The model
 # --------------------------------------------------------------------------------------
 
-# Hugging Face GPT-2 stores these as Conv1D, i.e. weight of shape (in, out): transpose them.
-_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+#: Hugging Face GPT-2 stores these as Conv1D, i.e. weight of shape (in, out): transpose them.
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_CONV1D = CONV1D_WEIGHTS  # the old private name
 
 
 class GPT(nn.Module):
@@ -319,10 +405,13 @@ class GPT(nn.Module):
                 raise ValueError(f"targets must have the same shape as idx {tuple(idx.shape)}, got {shape}")
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None):
+                cache: KVCache | SlotKVCache | None = None):
         """Logits (B, T, vocab) for every position, and the mean cross-entropy if ``targets``
         are given (positions with target -100 are ignored; when all are, the loss is 0 with
-        zero gradients rather than NaN, so a padded batch with nothing to learn is harmless)."""
+        zero gradients rather than NaN, so a padded batch with nothing to learn is harmless).
+
+        With a :class:`SlotKVCache`, the B rows of ``idx`` continue the sequences of the
+        cache's rows ``0..B-1``, each from its own length."""
         self._check_inputs(idx, targets, cache.length if cache is not None else 0)
         logits = self.lm_head(self._hidden(idx, cache))
         loss = None
@@ -340,21 +429,26 @@ class GPT(nn.Module):
         self._check_inputs(idx, None, cache.length if cache is not None else 0)
         return self._hidden(idx, cache)
 
-    def _hidden(self, idx: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+    def _hidden(self, idx: torch.Tensor, cache: KVCache | SlotKVCache | None) -> torch.Tensor:
         past = cache.length if cache is not None else 0
         idx = idx.long()
-        T = idx.size(1)
-        positions = torch.arange(past, past + T, device=idx.device)
+        B, T = idx.shape
+        if isinstance(cache, SlotKVCache):
+            positions = cache.begin(B, T, idx.device)  # (B, T): each row from its own length
+        else:
+            positions = torch.arange(past, past + T, device=idx.device)
         x = self.transformer.wte(idx)
         rope = None
         if self.config.pos_encoding == "learned":
             x = x + self.transformer.wpe(positions)
         else:
             rope = rope_cache(self.config.head_dim, positions, self.config.rope_base)
+            if positions.dim() == 2:  # per-row positions: broadcast over the heads
+                rope = (rope[0][:, None], rope[1][:, None])
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, rope=rope, cache=cache, layer=i)
-        if cache is not None:
+        if cache is not None and not isinstance(cache, SlotKVCache):
             cache.length += T
         return self.transformer.ln_f(x)
 
@@ -444,7 +538,7 @@ class GPT(nn.Module):
             )
         with torch.no_grad():
             for k, v in state.items():
-                if k.endswith(_CONV1D):
+                if k.endswith(CONV1D_WEIGHTS):
                     v = v.t()
                 if v.shape != own[k].shape:
                     raise ValueError(
@@ -470,7 +564,7 @@ class GPT(nn.Module):
             if k == "lm_head.weight" and cfg.tie_weights:
                 continue  # tied: stored once, as wte
             v = v.detach().float().cpu()
-            if k.endswith(_CONV1D):
+            if k.endswith(CONV1D_WEIGHTS):
                 v = v.t()
             tensors[k] = v.contiguous()
         save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
