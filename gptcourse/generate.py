@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
+from . import validate
 from .data.clean import Blocklist
 from .model import GPT
 
@@ -40,16 +41,17 @@ __all__ = ["OutputFilter", "filter_logits", "generate", "generate_text", "stream
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> float:
     """Validate the sampling arguments; returns ``temperature`` as a float (an int too large
     for a float becomes ``inf``)."""
-    if not isinstance(temperature, (int, float)) or temperature != temperature:
-        raise ValueError(f"temperature must be a number, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
     try:
-        return float(temperature)
-    except OverflowError:  # e.g. 10**400
-        return math.inf if temperature > 0 else -math.inf
+        t = validate.number("temperature", temperature, finite=False)  # inf: uniform
+    except OverflowError:  # an int too large for a float, e.g. 10**400
+        t = math.inf if temperature > 0 else -math.inf
+    if math.isnan(t):
+        raise ValueError(f"temperature must be a number, got {temperature!r}")
+    if top_k is not None:
+        validate.integer("top_k", top_k, min=1)
+    if top_p is not None:
+        validate.number("top_p", top_p, min=0, max=1, min_open=True)
+    return t
 
 
 def _finite_max(logits: torch.Tensor) -> torch.Tensor:
@@ -318,8 +320,7 @@ def stream(
     so far counts (whole-word matching cannot wait for the next character), so "ass" stops
     "assess" early -- the safe side.
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+    max_new_tokens = validate.integer("max_new_tokens", max_new_tokens, min=0)
     temperature = _check_sampling(temperature, top_k, top_p)
     stop_ids, stop_strings = _stop_ids(stop, tokenizer)
     idx = _prompt(model, idx)

@@ -63,6 +63,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from . import validate
 from .stories_engine import SLOT, TABLES, Mismatch, Reader, Writer
 from .stories_engine import T as T  # re-exported: gptcourse.stories.T makes a table, as before
 from .stories_grammar import *  # noqa: F403 -- the choice tables (NAMES, TOY, ...), as before
@@ -127,8 +128,7 @@ def iter_stories(seed: int = 0) -> Iterator[Story]:
 
 def generate(n: int, seed: int = 0) -> list[Story]:
     """The first ``n`` stories of ``iter_stories(seed)``."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    n = validate.integer("n", n, min=0)
     rng = random.Random(seed)
     return [_write(rng) for _ in range(n)]
 

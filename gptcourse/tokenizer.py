@@ -43,6 +43,8 @@ from typing import Literal
 
 import regex
 
+from . import validate
+
 __all__ = [
     "GPT2_PATTERN",
     "GPT4_PATTERN",
@@ -464,8 +466,7 @@ class BPETokenizer(Tokenizer):
         deterministic. If the text runs out of pairs first, the vocabulary is smaller.
         """
         text = _check_text(text)
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-            raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+        vocab_size = validate.integer("vocab_size", vocab_size)
         specials = list(special_tokens or [])
         if any(not isinstance(s, str) or not s for s in specials):
             raise ValueError("special_tokens must be non-empty strings")

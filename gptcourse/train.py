@@ -71,6 +71,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from . import validate
 from .corpora import sha256_file
 from .data import TokenShards
 from .data.shards import write_atomic
@@ -154,32 +155,23 @@ class TrainConfig:
     plots: bool = True
 
     def __post_init__(self) -> None:
-        positive = ("max_steps", "batch_size", "grad_accum", "eval_interval", "log_interval",
-                    "keep_checkpoints", "sample_tokens")
-        non_negative = ("warmup_steps", "eval_batches", "checkpoint_interval", "sample_interval")
-        for name in positive + non_negative:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-            if value < (1 if name in positive else 0):
-                raise ValueError(f"{name} must be {'positive' if name in positive else '>= 0'}, "
-                                 f"got {value}")
-        for name in ("lr", "weight_decay", "beta1", "beta2", "eps", "grad_clip",
-                     "sample_temperature"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-        for name in ("compile", "checkpoints", "progress", "plots"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "log_interval",
+                     "keep_checkpoints", "sample_tokens"):
+            setattr(self, name, validate.integer(name, getattr(self, name), min=1))
+        for name in ("warmup_steps", "eval_batches", "checkpoint_interval", "sample_interval"):
+            setattr(self, name, validate.integer(name, getattr(self, name), min=0))
+        if self.decay_steps is not None:
+            self.decay_steps = validate.integer("decay_steps", self.decay_steps, min=1)
+        # numbers are checked, not converted: an int lr stays an int in to_dict()
+        validate.number("lr", self.lr, min=0, min_open=True)
+        for name in ("weight_decay", "eps", "grad_clip", "sample_temperature"):
+            validate.number(name, getattr(self, name), min=0)
+        for name in ("beta1", "beta2"):
+            validate.number(name, getattr(self, name), min=0, max=1, max_open=True)
+        if self.min_lr is not None and not 0 <= validate.number("min_lr", self.min_lr) <= self.lr:
             raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
-        if self.decay_steps is not None and self.decay_steps < 1:
-            raise ValueError(f"decay_steps must be positive, got {self.decay_steps}")
+        for name in ("compile", "checkpoints", "progress", "plots"):
+            validate.flag(name, getattr(self, name))
         if self.lr_schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"lr_schedule must be cosine, linear or constant, "
                              f"got {self.lr_schedule!r}")
@@ -816,7 +808,7 @@ class Trainer:
                 raise CheckpointError(f"{err}. Nothing was overwritten: fix or remove them, "
                                       "resume from a path, or start over with overwrite=True "
                                       "(CLI: --overwrite, deletes them)") from None
-        if isinstance(resume, (str, os.PathLike)) and not isinstance(resume, bool):
+        if isinstance(resume, (str, os.PathLike)):
             return _locate(resume)
         raise TypeError(f"resume must be False, True, 'require' or a checkpoint path, "
                         f"got {resume!r}")

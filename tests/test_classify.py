@@ -416,6 +416,26 @@ def test_config_validation(kwargs):
         ClassifierConfig(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs", [dict(batch_size=8.0), dict(max_steps="10"), dict(lr=None),
+                                    dict(grad_clip=True), dict(warmup_steps=1.5)])
+def test_config_wrong_type_is_a_type_error(kwargs):
+    with pytest.raises(TypeError, match=f"{next(iter(kwargs))} must be"):
+        ClassifierConfig(**kwargs)
+
+
+def test_dataset_and_head_arguments_of_the_wrong_type_are_type_errors():
+    with pytest.raises(TypeError, match="example 1: label must be an int, got '0'"):
+        ClassificationDataset([("abc", 1), ("abd", "0")], TOY_TOK)
+    with pytest.raises(ValueError, match="example 0: label must be >= 0, got -1"):
+        ClassificationDataset([("abc", -1)], TOY_TOK)
+    with pytest.raises(TypeError, match="max_length must be an int, got 4.0"):
+        ClassificationDataset([("abc", 1)], TOY_TOK, max_length=4.0)
+    with pytest.raises(TypeError, match="num_classes must be an int, got 2.0"):
+        GPTClassifier(GPT(CFG), num_classes=2.0)
+    with pytest.raises(ValueError, match="num_classes must be >= 2, got 1"):
+        GPTClassifier(GPT(CFG), num_classes=1)
+
+
 def test_encode_text_too_long_not_allowed():
     with pytest.raises(ValueError, match="block_size"):
         encode_text(TOY_TOK, "abcde" * 4, max_length=16, truncate=False)

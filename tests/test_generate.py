@@ -147,20 +147,35 @@ def test_sampling_only_from_top_k(model):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(top_k=0), dict(top_k=-2), dict(top_k=2.5), dict(top_k=True),
-        dict(top_p=0.0), dict(top_p=1.5), dict(top_p=-0.1), dict(top_p="0.9"),
-        dict(temperature=float("nan")), dict(temperature="hot"), dict(temperature=None),
+        dict(top_k=0), dict(top_k=-2), dict(top_p=0.0), dict(top_p=1.5), dict(top_p=-0.1),
+        dict(top_p=float("nan")), dict(temperature=float("nan")),
     ],
     ids=lambda kw: "-".join(f"{k}={v!r}" for k, v in kw.items()),
 )
-def test_invalid_sampling_arguments(model, kwargs):
+def test_invalid_sampling_values(model, kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         generate(model, prompt(), 3, **kwargs)
 
 
-@pytest.mark.parametrize("n", [-1, 2.0, True, "3"])
-def test_invalid_max_new_tokens(model, n):
-    with pytest.raises(ValueError, match="max_new_tokens"):
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(top_k=2.5), dict(top_k=True), dict(top_p="0.9"), dict(temperature="hot"),
+     dict(temperature=None), dict(temperature=True)],
+    ids=lambda kw: "-".join(f"{k}={v!r}" for k, v in kw.items()),
+)
+def test_sampling_arguments_of_the_wrong_type(model, kwargs):
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
+        generate(model, prompt(), 3, **kwargs)
+
+
+def test_invalid_max_new_tokens(model):
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 0, got -1"):
+        generate(model, prompt(), -1)
+
+
+@pytest.mark.parametrize("n", [2.0, True, "3"])
+def test_max_new_tokens_of_the_wrong_type(model, n):
+    with pytest.raises(TypeError, match="max_new_tokens must be an int"):
         generate(model, prompt(), n)
 
 

@@ -208,6 +208,18 @@ def test_collate_truncates_to_max_length():
     assert y.tolist() == [[2, 3, 4], [7, 8, 99]]
 
 
+def test_collate_max_length_of_the_wrong_type_is_a_type_error():
+    with pytest.raises(TypeError, match="max_length must be an int, got 3.0"):
+        collate_instructions(BATCH, pad_id=99, max_length=3.0)
+    with pytest.raises(ValueError, match="max_length must be >= 1, got 0"):
+        collate_instructions(BATCH, pad_id=99, max_length=0)
+
+
+def test_checkable_tasks_n_of_the_wrong_type_is_a_type_error():
+    with pytest.raises(TypeError, match="n must be an int, got True"):
+        checkable_tasks(True)
+
+
 def test_prompt_longer_than_the_context_is_a_clear_error():
     with pytest.raises(ValueError, match="prompt has 3 tokens but the context is 2; shorten it "
                                          "or raise block_size"):
@@ -362,6 +374,13 @@ def test_generate_responses_is_reproducible_and_batching_does_not_change_it(tok)
     assert sampled[0] == sampled[1]
 
 
+def test_generate_responses_batch_size_is_checked(tok):
+    with pytest.raises(TypeError, match="batch_size must be an int, got 2.0"):
+        generate_responses(tiny_gpt(2), tok, [RECORD], batch_size=2.0, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        generate_responses(tiny_gpt(2), tok, [RECORD], batch_size=0, progress=False)
+
+
 def test_generate_responses_rejects_a_prompt_longer_than_the_context(tok):
     model = GPT(GPTConfig(**{**TINY, "block_size": 64}))
     with pytest.raises(ValueError, match=r"record 0: prompt has \d+ tokens but the context is 64"):
@@ -418,8 +437,10 @@ def test_checkable_splits_find_unseen_records_of_a_crowded_kind():
 def test_checkable_splits_errors():
     with pytest.raises(ValueError, match="multiple of the 9 kinds"):
         checkable_splits(90, 10)
-    with pytest.raises(ValueError, match="n_train must be a non-negative int"):
+    with pytest.raises(ValueError, match="n_train must be >= 0, got -1"):
         checkable_splits(-1, 9)
+    with pytest.raises(TypeError, match="n_test must be an int, got 9.0"):
+        checkable_splits(9, 9.0)
     with pytest.raises(ValueError, match="cannot find 300 records of kinds \\['add'\\]"):
         checkable_splits(5000, 300, n_val=0, kinds=["add"])
 

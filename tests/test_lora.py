@@ -112,9 +112,15 @@ def test_repr_names_rank_and_alpha():
     assert "r=2" in text and "alpha=4" in text and "merged=False" in text
 
 
-@pytest.mark.parametrize("kwargs", [dict(r=0), dict(r=1.5), dict(alpha=0), dict(dropout=1.0)])
+@pytest.mark.parametrize("kwargs", [dict(r=0), dict(alpha=0), dict(dropout=1.0)])
 def test_lora_linear_rejects_bad_settings(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"LoRA {next(iter(kwargs))}"):
+        LoRALinear(nn.Linear(4, 4), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(r=1.5), dict(r=True), dict(alpha="16"), dict(dropout=None)])
+def test_lora_linear_rejects_wrong_types_with_type_error(kwargs):
+    with pytest.raises(TypeError, match=f"LoRA {next(iter(kwargs))}"):
         LoRALinear(nn.Linear(4, 4), **kwargs)
 
 

@@ -557,6 +557,21 @@ def test_prepare_removes_what_a_killed_prepare_left(tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
 
 
+def test_arguments_of_the_wrong_type_are_type_errors_before_any_work(tmp_path):
+    with pytest.raises(TypeError, match="max_documents must be an int, got 20.0"):
+        prepare("stories", tmp_path / "out", tokenizer="char", max_documents=20.0, verbose=False)
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\), got 1.0"):
+        prepare("stories", tmp_path / "out", tokenizer="char", val_fraction=1.0, verbose=False)
+    assert not (tmp_path / "out").exists()
+    ds = Dataset.from_dict({"text": ["a b", "c d"]})
+    with pytest.raises(TypeError, match="batch_size must be an int, got '8'"):
+        tokenize_to_shards(ds, CharTokenizer.from_text("abcd "), tmp_path / "s", batch_size="8")
+    with pytest.raises(TypeError, match="val_fraction must be a number, got None"):
+        tokenize_to_shards(ds, CharTokenizer.from_text("abcd "), tmp_path / "s", val_fraction=None)
+    with pytest.raises(TypeError, match="num_proc must be an int, got True"):
+        clean_dataset(ds, num_proc=True, progress=False)
+
+
 def test_unknown_tokenizer_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown tokenizer 'nope'"):
         prepare("tinyshakespeare", tmp_path / "out", tokenizer="nope", verbose=False)

@@ -59,7 +59,7 @@ def test_unknown_setting_lists_the_known_ones():
 
 
 def test_bad_value_is_reported_by_the_config():
-    with pytest.raises(ValueError, match="grad_accum must be positive"):
+    with pytest.raises(ValueError, match="grad_accum must be >= 1, got 0"):
         presets.resolve("stories-cpu", overrides={"grad_accum": 0})
 
 

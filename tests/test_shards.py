@@ -25,6 +25,17 @@ def test_dtype_follows_vocabulary_size():
     assert dtype_for(65536) == np.uint32
 
 
+def test_sizes_of_the_wrong_type_are_type_errors(tmp_path):
+    with pytest.raises(TypeError, match="vocab_size must be an int, got '50257'"):
+        dtype_for("50257")
+    with pytest.raises(ValueError, match="vocab_size must be >= 1, got 0"):
+        dtype_for(0)
+    with pytest.raises(TypeError, match="shard_tokens must be an int, got 1.5"):
+        ShardWriter(tmp_path, vocab_size=100, shard_tokens=1.5)
+    with pytest.raises(TypeError, match="block_size must be an int, got True"):
+        TokenShards.from_ids(np.arange(50)).windows([0], True)
+
+
 def test_round_trip_across_shards(tmp_path):
     ids = np.arange(50) % 997
     meta = _write(tmp_path, {"train": ids, "val": ids[:9]})
@@ -161,9 +172,15 @@ def test_from_ids_can_carry_the_entropy_floor():
     assert TokenShards.from_ids(np.arange(100)).entropy_per_token is None
 
 
-@pytest.mark.parametrize("bad", [{"nats": -1.0}, {"nats": float("nan")}, {"documents": 1.5}])
+@pytest.mark.parametrize("bad", [{"nats": -1.0}, {"nats": float("nan")}, {"documents": -1}])
 def test_from_ids_rejects_impossible_facts(bad):
     with pytest.raises(ValueError, match="must be"):
+        TokenShards.from_ids(np.arange(10), 10, **bad)
+
+
+@pytest.mark.parametrize("bad", [{"nats": "50"}, {"documents": 1.5}, {"documents": True}])
+def test_from_ids_rejects_facts_of_the_wrong_type(bad):
+    with pytest.raises(TypeError, match=next(iter(bad))):
         TokenShards.from_ids(np.arange(10), 10, **bad)
 
 

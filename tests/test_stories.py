@@ -81,8 +81,10 @@ def test_generation_uses_no_global_random_state():
 
 def test_generate_rejects_bad_n():
     assert stories.generate(0) == []
-    for bad in (-1, 2.0, True):
-        with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n must be >= 0, got -1"):
+        stories.generate(-1)
+    for bad in (2.0, True):  # a wrong type is a TypeError
+        with pytest.raises(TypeError, match="n must be an int"):
             stories.generate(bad)
 
 

@@ -105,12 +105,39 @@ def test_precision_choice_on_cpu():
 
 
 def test_config_validation_names_the_field():
-    with pytest.raises(ValueError, match="grad_accum must be positive"):
+    with pytest.raises(ValueError, match="grad_accum must be >= 1, got 0"):
         TrainConfig(grad_accum=0)
     with pytest.raises(ValueError, match="unknown training settings \\['lr_max'\\]"):
         TrainConfig.from_dict({"lr_max": 1.0})
     with pytest.raises(ValueError, match="min_lr must be in"):
         TrainConfig(lr=1e-3, min_lr=1e-2)
+
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("lr", "1e-3"), ("weight_decay", None), ("beta1", True), ("max_steps", 10.0),
+    ("decay_steps", "500"), ("compile", 1), ("progress", "yes"),
+])
+def test_config_wrong_type_is_a_type_error(field, value):
+    with pytest.raises(TypeError, match=f"{field} must be"):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("lr", 0.0, "lr must be > 0"), ("grad_clip", -1.0, "grad_clip must be >= 0"),
+    ("weight_decay", math.nan, "weight_decay must be a finite number"),
+    ("beta2", 1.0, r"beta2 must be in \[0, 1\)"), ("decay_steps", 0, "decay_steps must be >= 1"),
+    ("eval_batches", -1, "eval_batches must be >= 0"),
+])
+def test_config_wrong_value_is_a_value_error(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_config_keeps_valid_values_as_given():
+    c = TrainConfig(lr=1, max_steps=np.int64(5))
+    assert c.to_dict()["lr"] == 1 and type(c.lr) is int  # checked, not converted
+    assert type(c.max_steps) is int  # a numpy int becomes an int (JSON-serialisable)
 
 
 # ------------------------------------------------------------------ steps and evaluation

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import validate
 from .clean import DEFAULT_BLOCKLIST, Blocklist, QualityFilter, normalize
 from .dedup import MinHash, _canonical_key, near_duplicates_from_signatures
 from .shards import META, ShardError, ShardWriter, dtype_for
@@ -126,8 +127,7 @@ def _num_proc(num_proc: int | None, ds: Dataset) -> int:
 
         chars = pc.sum(pc.utf8_length(ds.with_format("arrow")["text"])).as_py() or 0
         num_proc = min(os.cpu_count() or 1, max(1, chars // 4_000_000))
-    if isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1:
-        raise ValueError(f"num_proc must be a positive int or None, got {num_proc!r}")
+    num_proc = validate.integer("num_proc", num_proc, min=1)
     return max(1, min(num_proc, n))
 
 
@@ -778,10 +778,8 @@ def tokenize_to_shards(ds: Dataset, tokenizer: Tokenizer | str, out_dir: str | o
         raise ValueError(f"the dataset has no 'text' column (columns: {ds.column_names})")
     if len(ds) == 0:
         raise ValueError("the dataset has no documents left to tokenize")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
+    batch_size = validate.integer("batch_size", batch_size, min=1)
+    validate.number("val_fraction", val_fraction, min=0, max=1, max_open=True)
     tok = get_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     if not isinstance(tok, Tokenizer):
         raise TypeError(f"tokenizer must be a Tokenizer or a name, got {type(tokenizer).__name__}")
@@ -955,12 +953,9 @@ def prepare(source: str | os.PathLike, out_dir: str | os.PathLike, *,
     src = os.fspath(source)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
-    if max_documents is not None and (isinstance(max_documents, bool)
-                                      or not isinstance(max_documents, int)
-                                      or max_documents < 1):
-        raise ValueError(f"max_documents must be a positive int or None, got {max_documents!r}")
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction!r}")
+    if max_documents is not None:
+        max_documents = validate.integer("max_documents", max_documents, min=1)
+    validate.number("val_fraction", val_fraction, min=0, max=1, max_open=True)
     qf = _quality_for(src, quality) if clean else None
     bl = Blocklist.coerce(blocklist) if clean else None
     trained = isinstance(tokenizer, str) and (tokenizer == "char" or tokenizer.startswith("bpe:"))

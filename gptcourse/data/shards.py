@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .. import validate
 
 __all__ = ["FORMAT", "ShardError", "ShardWriter", "TokenShards", "dtype_for", "write_atomic"]
 
@@ -43,8 +44,7 @@ class ShardError(ValueError):
 
 def dtype_for(vocab_size: int) -> np.dtype:
     """The smallest unsigned dtype that holds every id below ``vocab_size``."""
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    vocab_size = validate.integer("vocab_size", vocab_size, min=1)
     if vocab_size <= 65_535:
         return np.dtype("<u2")
     if vocab_size <= 2**32 - 1:
@@ -120,8 +120,7 @@ class ShardWriter:
 
     def __init__(self, out_dir: str | os.PathLike, *, vocab_size: int,
                  shard_tokens: int = 100_000_000, overwrite: bool = False) -> None:
-        if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1:
-            raise ValueError(f"shard_tokens must be a positive int, got {shard_tokens!r}")
+        shard_tokens = validate.integer("shard_tokens", shard_tokens, min=1)
         self.dtype = dtype_for(vocab_size)
         self.vocab_size = vocab_size
         self.shard_tokens = shard_tokens
@@ -339,12 +338,11 @@ class TokenShards:
         self.dtype = dtype_for(vocab_size)
         self.meta = {"format": FORMAT, "dtype": self.dtype.name, "vocab_size": vocab_size,
                      "splits": {"memory": {"tokens": int(arr.size), "shards": []}}}
+        if nats is not None:
+            validate.number("nats", nats, min=0)
+        if documents is not None:
+            documents = validate.integer("documents", documents, min=0)
         stats = {k: v for k, v in (("nats", nats), ("documents", documents)) if v is not None}
-        if nats is not None and (not math.isfinite(nats) or nats < 0):
-            raise ValueError(f"nats must be a finite number >= 0, got {nats!r}")
-        if documents is not None and (isinstance(documents, bool) or int(documents) != documents
-                                      or documents < 0):
-            raise ValueError(f"documents must be an integer >= 0, got {documents!r}")
         if stats:
             self.meta["split_stats"] = {"memory": stats}
         self._init_arrays([arr.astype(self.dtype)])
@@ -401,8 +399,7 @@ class TokenShards:
     # ------------------------------------------------------------------ reading
 
     def _check_block(self, block_size: int) -> None:
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+        validate.integer("block_size", block_size, min=1)
         if self._len < block_size + 1:
             raise ShardError(
                 f"the {self.split!r} split has {self._len:,} tokens but one window needs "

@@ -13,6 +13,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .. import validate
 from .responses import generate_responses
 
 __all__ = [
@@ -102,8 +103,7 @@ def checkable_tasks(n: int, seed: int = 0,
     unknown = [k for k in kinds if k not in _INSTRUCTIONS]
     if unknown or not kinds:
         raise ValueError(f"unknown kinds {unknown}; choose from {CHECKABLE_KINDS}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    n = validate.integer("n", n, min=0)
     rng = random.Random(f"gptcourse.checkable:{seed}")
     seen: set[tuple[str, str]] = set()
     out: list[dict[str, str]] = []
@@ -137,9 +137,8 @@ def checkable_splits(n_train: int, n_test: int, n_val: int = 45, seed: int = 0,
     measure it.
     """
     kinds = tuple(CHECKABLE_KINDS if kinds is None else kinds)
-    for name, n in (("n_train", n_train), ("n_test", n_test), ("n_val", n_val)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {n!r}")
+    n_train, n_test, n_val = (validate.integer(name, n, min=0) for name, n in
+                              (("n_train", n_train), ("n_test", n_test), ("n_val", n_val)))
     if kinds and n_test % len(kinds):
         raise ValueError(f"n_test must be a multiple of the {len(kinds)} kinds (the same number of "
                          f"test records per kind), got {n_test}")

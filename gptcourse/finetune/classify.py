@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .. import validate
 from ..model import GPT
 from .lora import DEFAULT_TARGETS, apply_lora, lora_layers, trainable_parameters
 
@@ -233,9 +234,8 @@ class ClassificationDataset(Dataset):
 
     def __init__(self, examples: Sequence[tuple[str, int]], tokenizer, max_length: int | None = None,
                  truncate: bool = True, append_eot: bool = False, pad_id: int | None = None) -> None:
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
-                                       or max_length < 1):
-            raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+        if max_length is not None:
+            max_length = validate.integer("max_length", max_length, min=1)
         self.tokenizer = tokenizer
         self.append_eot = append_eot
         self.items: list[tuple[list[int], int]] = []
@@ -244,8 +244,7 @@ class ClassificationDataset(Dataset):
             if not isinstance(ex, (tuple, list)) or len(ex) != 2:
                 raise ValueError(f"example {i} must be a (text, label) pair, got {ex!r:.80}")
             text, label = ex
-            if isinstance(label, bool) or not isinstance(label, int) or label < 0:
-                raise ValueError(f"example {i}: label must be an int >= 0, got {label!r}")
+            label = validate.integer(f"example {i}: label", label, min=0)
             try:
                 full = encode_text(tokenizer, text, None, True, append_eot)
                 ids = full if max_length is None else encode_text(tokenizer, text, max_length,
@@ -308,8 +307,7 @@ class GPTClassifier(nn.Module):
         super().__init__()
         if not isinstance(backbone, GPT):
             raise TypeError(f"backbone must be a gptcourse GPT, got {type(backbone).__name__}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        num_classes = validate.integer("num_classes", num_classes, min=2)
         if pooling not in ("last", "mean"):
             raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}")
         labels = tuple(labels) if labels is not None else tuple(str(i) for i in range(num_classes))
@@ -503,22 +501,16 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "log_interval"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            setattr(self, name, validate.integer(name, getattr(self, name), min=1))
         for name in ("warmup_steps", "eval_interval"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        for name in ("max_steps", "eval_batches", "train_eval_batches"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name} must be a positive int or None, got {v!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
+            setattr(self, name, validate.integer(name, getattr(self, name), min=0))
+        for name in ("max_steps", "eval_batches", "train_eval_batches"):  # None: no limit
+            if getattr(self, name) is not None:
+                setattr(self, name, validate.integer(name, getattr(self, name), min=1))
+        # numbers are checked, not converted: an int lr stays an int in to_dict()
+        validate.number("lr", self.lr, min=0, min_open=True)
         for name in ("weight_decay", "grad_clip"):
-            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}")
+            validate.number(name, getattr(self, name), min=0)
         if self.lr_schedule not in ("constant", "cosine", "linear"):
             raise ValueError(f"lr_schedule must be constant, cosine or linear, got {self.lr_schedule!r}")
         if self.padding not in ("dynamic", "longest"):

@@ -36,6 +36,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from .. import validate
+
 __all__ = [
     "DEFAULT_TARGETS",
     "LoRALinear",
@@ -67,7 +69,7 @@ class LoRALinear(nn.Module):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
-        _check_hyper(r, alpha, dropout)
+        r = _check_hyper(r, alpha, dropout)
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
@@ -130,13 +132,12 @@ class LoRALinear(nn.Module):
                 f"alpha={self.alpha:g}, scaling={self.scaling:g}, merged={self.merged}")
 
 
-def _check_hyper(r: int, alpha: float, dropout: float) -> None:
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"LoRA rank r must be a positive int, got {r!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
-        raise ValueError(f"LoRA alpha must be a positive number, got {alpha!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+def _check_hyper(r: int, alpha: float, dropout: float) -> int:
+    """``r`` as an int, once the three are checked."""
+    r = validate.integer("LoRA rank r", r, min=1)
+    validate.number("LoRA alpha", alpha, min=0, min_open=True)
+    validate.number("LoRA dropout", dropout, min=0, max=1, max_open=True)
+    return r
 
 
 # --------------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ from typing import Any
 
 import torch
 
+from .. import validate
+
 __all__ = [
     "IGNORE_INDEX",
     "PREAMBLE",
@@ -274,9 +276,8 @@ def collate_instructions(batch: Sequence[tuple[Sequence[int], Sequence[int]]], p
     """
     if long_prompts not in ("error", "truncate"):
         raise ValueError(f"long_prompts must be 'error' or 'truncate' here, got {long_prompts!r}")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
-                                   or max_length < 1):
-        raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+    if max_length is not None:
+        max_length = validate.integer("max_length", max_length, min=1)
     if not len(batch):
         raise ValueError("the batch is empty")
     eot = pad_id if eot_id is None else eot_id

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .. import validate
 from .records import check_record, eot_id_of, format_prompt, prompt_too_long
 
 __all__ = ["extract_response", "generate_responses", "save_responses"]
@@ -56,8 +57,7 @@ def generate_responses(model, tokenizer, records: Sequence[Mapping[str, Any]], *
 
     from ..generate import generate
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = validate.integer("batch_size", batch_size, min=1)
     eot = eot_id_of(tokenizer, eot_id)
     block = model.config.block_size
     device = next(model.parameters()).device
