@@ -63,10 +63,11 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 
 import torch
 
-from .generate import _check_sampling, _sampling_probs, stream
+from . import validate
+from .generate import check_sampling, sampling_probs, stream
 from .model import GPT, SlotKVCache
 
-__all__ = ["BatchedEngine", "GenerationError", "Piece", "Request", "TextAssembler",
+__all__ = ["BatchedEngine", "GenerationError", "Piece", "Request", "TextAssembler", "held_back",
            "generate_pieces"]
 
 #: ``(text, finish_reason, completion_tokens)``: finish_reason is None until the last piece
@@ -82,7 +83,7 @@ class GenerationError(RuntimeError):
 # --------------------------------------------------------------------------------------
 
 
-def _held_back(text: str, stops: Sequence[str]) -> int:
+def held_back(text: str, stops: Sequence[str]) -> int:
     """Length of the longest end of ``text`` that is the start of a stop string."""
     best = 0
     for s in stops:
@@ -134,7 +135,7 @@ class TextAssembler:
             self.text = text[:min(cuts)]
             return self._end("stop")
         self.text = text
-        safe = len(text) - _held_back(text, self.stop)
+        safe = len(text) - held_back(text, self.stop)
         while safe > self.sent and text[safe - 1] == "\ufffd":  # maybe half a character
             safe -= 1
         if safe <= self.sent:
@@ -288,9 +289,9 @@ class BatchedEngine:
 
     def __init__(self, model: GPT, tokenizer, max_batch: int = 16,
                  max_len: int | None = None) -> None:
-        for name, value in (("max_batch", max_batch), ("max_len", 1 if max_len is None else max_len)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        max_batch = validate.integer("max_batch", max_batch, min=1)
+        if max_len is not None:
+            max_len = validate.integer("max_len", max_len, min=1)
         if max_len is not None and max_len > model.config.block_size:
             raise ValueError(f"max_len ({max_len}) cannot exceed the model's block_size "
                              f"({model.config.block_size})")
@@ -328,20 +329,17 @@ class BatchedEngine:
             raise ValueError("prompt_ids must be a non-empty sequence of int token ids")
         if min(ids) < 0 or max(ids) >= vocab:
             raise ValueError(f"prompt ids must be in 0..{vocab - 1}; does the tokenizer match the model?")
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+        max_tokens = validate.integer("max_tokens", max_tokens, min=1)
         if len(ids) + max_tokens - 1 > room:  # the last new token is never fed back
             raise ValueError(f"the engine holds {room} positions per request: a prompt of "
                              f"{len(ids)} tokens leaves room for {max(0, room - len(ids) + 1)} "
                              f"new tokens, not {max_tokens}; shorten the prompt or lower max_tokens")
-        temperature = _check_sampling(temperature, top_k, top_p)  # as a float
+        temperature = check_sampling(temperature, top_k, top_p)  # as a float
         stops = [stop] if isinstance(stop, str) else list(stop)
         if any(not isinstance(s, str) or not s for s in stops):
             raise TypeError(f"stop must be a non-empty string or a sequence of them, got {stop!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int or None, got {seed!r}")
-        if seed is not None and not -2**63 <= seed < 2**64:  # what torch.Generator takes
-            raise ValueError(f"seed must be in [-2**63, 2**64), got {seed}")
+        if seed is not None:  # the range torch.Generator.manual_seed takes
+            seed = validate.integer("seed", seed, min=-2**63, max=2**64 - 1)
         req = Request(ids, max_tokens, temperature, top_k, top_p, stops, seed,
                       TextAssembler(self.tokenizer, stops, self.eot),
                       _generator(self.device, seed))
@@ -459,7 +457,7 @@ class BatchedEngine:
         """The next token from (1, vocab) logits, exactly as stream() picks it."""
         if req.temperature <= 0:
             return int(logits.argmax(dim=-1))
-        probs = _sampling_probs(logits, req.temperature, req.top_k, req.top_p)
+        probs = sampling_probs(logits, req.temperature, req.top_k, req.top_p)
         return int(torch.multinomial(probs, 1, generator=req._generator))
 
     def _emit(self, req: Request, token: int) -> None:

@@ -73,7 +73,7 @@ class LocalBackend:
         return _texts(self.engine.pieces(req))
 
     def close(self) -> None:
-        self.engine.executor.shutdown(wait=False)
+        """Nothing to release: generation runs in the caller's thread."""
 
 
 def _texts(pieces) -> Iterator[str]:

@@ -8,7 +8,7 @@ by the temperature, keeps the ``top_k`` most likely tokens and/or the smallest s
 probability reaches ``top_p``, and samples (``temperature <= 0`` takes the argmax: greedy).
 Extreme values never give NaN: a temperature as small as 5e-324 is greedy, one as large as
 1e300 uniform over the kept tokens, +inf logits share the probability, and top-p always keeps
-the most likely token (the rule is in :func:`_sampling_probs`).
+the most likely token (the rule is in :func:`sampling_probs`).
 With ``use_cache=True`` the keys and values of past positions are kept (:class:`KVCache`), so
 each step feeds one token instead of the whole context. Once the context is longer than
 ``block_size`` it is cropped to the last ``block_size`` tokens; with learned positions that
@@ -35,10 +35,11 @@ from . import validate
 from .data.clean import Blocklist
 from .model import GPT
 
-__all__ = ["OutputFilter", "filter_logits", "generate", "generate_text", "stream"]
+__all__ = ["OutputFilter", "check_sampling", "filter_logits", "generate", "generate_text",
+           "sampling_probs", "stream"]
 
 
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> float:
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> float:
     """Validate the sampling arguments; returns ``temperature`` as a float (an int too large
     for a float becomes ``inf``)."""
     try:
@@ -95,8 +96,8 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 _HUGE_TEMPERATURE = 1e30
 
 
-def _sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None,
-                    top_p: float | None) -> torch.Tensor:
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None,
+                   top_p: float | None) -> torch.Tensor:
     """The distribution one sampling step draws from: softmax of the filtered (B, V)
     ``logits / temperature``, for a temperature > 0.
 
@@ -321,7 +322,7 @@ def stream(
     "assess" early -- the safe side.
     """
     max_new_tokens = validate.integer("max_new_tokens", max_new_tokens, min=0)
-    temperature = _check_sampling(temperature, top_k, top_p)
+    temperature = check_sampling(temperature, top_k, top_p)
     stop_ids, stop_strings = _stop_ids(stop, tokenizer)
     idx = _prompt(model, idx)
     fill = _check_output_filter(output_filter, tokenizer, idx.size(0))
@@ -370,7 +371,7 @@ def _steps(model, idx, max_new_tokens, temperature, top_k, top_p, stop_ids, stop
             if temperature <= 0:
                 nxt = logits.argmax(dim=-1)
             else:
-                probs = _sampling_probs(logits, temperature, top_k, top_p)
+                probs = sampling_probs(logits, temperature, top_k, top_p)
                 nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             nxt = torch.where(done, last_stop, nxt)
             if output_filter is not None:

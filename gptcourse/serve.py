@@ -35,11 +35,14 @@ What the server does:
   that does not fit after it, is ``context_length_exceeded`` (a prompt with more characters
   than the context could hold is refused before it is tokenized).
 * Nothing slow runs on the event loop: JSON decoding, validation and tokenization run on a
-  small thread pool, generation on one worker thread. Requests queue for the model (an
-  asyncio lock). A request with a ``seed`` samples with its own ``torch.Generator``, so its
-  answer is the same whether it ran alone or among others.
-* A client that disconnects (streaming or not) stops its generation at the next token; one
-  that disconnects while sending its body is one line in the log.
+  small thread pool, generation on the thread of a :class:`gptcourse.batching.BatchedEngine`.
+  Concurrent requests are decoded together (continuous batching: up to ``max_batch`` at once,
+  joining and leaving the batch between steps; more wait their turn). Each request samples
+  with its own ``torch.Generator`` (seeded by ``seed``), so its answer is the same whether it
+  ran alone or among others.
+* A client that disconnects (streaming or not, also while it waits for a slot) stops its
+  generation at the next step; one that disconnects while sending its body is one line in
+  the log.
 * Slow and idle clients (see :func:`server_options`): a connection must send its request
   headers within ``header_timeout`` seconds (also between keep-alive requests), an idle
   keep-alive connection closes after ``keep_alive`` seconds, and at most ``max_connections``
@@ -60,12 +63,14 @@ import reprlib
 import secrets
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
+
+from .batching import held_back
 
 __all__ = ["ChatCompletionRequest", "CompletionRequest", "Engine", "GenerationRequest",
            "ServeError", "add_arguments", "background", "create_app", "held_back",
@@ -90,6 +95,10 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_KEEP_ALIVE = 5.0
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_BACKLOG = 128
+#: requests decoded together (the batched engine's KV cache holds this many sequences)
+DEFAULT_MAX_BATCH = 16
+#: how often a waiting or generating request checks whether its client is still there (s)
+DISCONNECT_POLL = 0.1
 
 log = logging.getLogger("uvicorn.error")  # the server's log, formatted by uvicorn
 
@@ -291,11 +300,11 @@ def _longest_token(tokenizer) -> int | None:
 
 
 class Engine:
-    """The model, its tokenizer and the one worker thread that runs it.
-
-    :meth:`parse` turns a request body into a :class:`GenerationRequest` (validated, the prompt
-    tokenized); :meth:`pieces` generates its text. ``gptcourse chat`` uses both in-process.
-    """
+    """The model and its tokenizer: :meth:`parse` turns a request body into a
+    :class:`GenerationRequest` (validated, the prompt tokenized); :meth:`pieces` generates its
+    text alone, in the calling thread (``gptcourse chat`` uses both in-process; the server
+    generates with a :class:`~gptcourse.batching.BatchedEngine` instead, which gives the same
+    pieces)."""
 
     def __init__(self, model, tokenizer, model_name: str, max_tokens_cap: int) -> None:
         if isinstance(max_tokens_cap, bool) or not isinstance(max_tokens_cap, int) or max_tokens_cap < 1:
@@ -313,16 +322,7 @@ class Engine:
         #: a longer prompt (in characters) cannot fit the context: refused before tokenizing
         self.max_prompt_chars = None if longest is None else self.block_size * longest
         self.created = int(time.time())
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gptcourse-serve")
-        self._locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.stats = {"requests": 0, "completed": 0, "cancelled": 0, "tokens": 0}
-
-    def lock(self) -> asyncio.Lock:
-        """The queue for the model, one per event loop (tests may run several loops)."""
-        loop = asyncio.get_running_loop()
-        if loop not in self._locks:
-            self._locks[loop] = asyncio.Lock()
-        return self._locks[loop]
 
     # ---------------------------------------------------------------- parsing
     def encode(self, text: str, param: str) -> list[int]:
@@ -397,56 +397,17 @@ class Engine:
     def pieces(self, req: GenerationRequest) -> Iterator[tuple[str, str | None, int]]:
         """Yield ``(text, finish_reason, completion_tokens)``: text as it becomes final (held
         back while it may be the start of a stop string or of a character); the last piece
-        has the finish reason (``"stop"`` or ``"length"``)."""
-        import torch
+        has the finish reason (``"stop"`` or ``"length"``). One request alone, generated in
+        this thread (:func:`gptcourse.batching.generate_pieces`)."""
+        from .batching import generate_pieces
 
-        from .generate import stream
-
-        gen = torch.Generator(device=self.device)
-        if req.seed is not None:
-            gen.manual_seed(req.seed)
-        else:
-            gen.manual_seed(secrets.randbits(63))
-        steps = stream(self.model, req.prompt_ids, req.max_tokens, temperature=req.temperature,
-                       top_p=req.top_p, stop=self.eot, generator=gen)
-        ids: list[int] = []
-        sent = 0
-        finish = "length"
-        text = ""
-        try:
-            for step in steps:
-                t = int(step[0])
-                if t == self.eot:
-                    finish = "stop"
-                    break
-                ids.append(t)
-                self.stats["tokens"] += 1
-                text = self.tokenizer.decode(ids)
-                cuts = [i for i in (text.find(s, max(0, sent - len(s))) for s in req.stop) if i >= 0]
-                if cuts:
-                    text = text[:min(cuts)]
-                    finish = "stop"
-                    break
-                safe = len(text) - held_back(text, req.stop)
-                while safe > sent and text[safe - 1] == "\ufffd":  # maybe half a character
-                    safe -= 1
-                if safe > sent:
-                    yield text[sent:safe], None, len(ids)
-                    sent = safe
-        finally:
-            steps.close()
-        yield text[sent:], finish, len(ids)
-
-
-def held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of ``text`` that is the start of a stop string."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
+        done = 0
+        for piece in generate_pieces(self.model, self.tokenizer, req.prompt_ids, req.max_tokens,
+                                     temperature=req.temperature, top_p=req.top_p,
+                                     stop=req.stop, seed=req.seed):
+            self.stats["tokens"] += piece[2] - done
+            done = piece[2]
+            yield piece
 
 
 _Engine, _Request, _held_back = Engine, GenerationRequest, held_back  # the old private names
@@ -475,14 +436,19 @@ def _openapi_components() -> tuple[dict, dict]:
 def create_app(model, tokenizer, *, model_name: str = "gptcourse",
                max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP, api_key: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               body_timeout: float = DEFAULT_BODY_TIMEOUT):
+               body_timeout: float = DEFAULT_BODY_TIMEOUT,
+               max_batch: int = DEFAULT_MAX_BATCH):
     """A FastAPI app serving ``model`` with OpenAI's completions and chat completions API.
 
     ``max_tokens_cap`` bounds ``max_tokens``; with ``api_key`` every ``/v1`` route and
     ``/openapi.json`` need the header ``Authorization: Bearer <api_key>`` (``/health`` and the
     chat page ``/`` stay open). A request body over ``max_body_bytes`` is a 413, one not
-    received within ``body_timeout`` seconds a 408. ``app.state.engine`` holds the model and
-    counters (``engine.stats``). Connection limits are the server's: see :func:`server_options`.
+    received within ``body_timeout`` seconds a 408. Up to ``max_batch`` requests are decoded
+    together (``max_batch=1``: one at a time); the KV cache holds ``max_batch`` sequences of
+    ``block_size`` tokens. ``app.state.engine`` parses requests, ``app.state.batched`` (a
+    :class:`~gptcourse.batching.BatchedEngine`) generates; ``engine.stats`` counts requests,
+    completed / cancelled / failed ones and tokens. Connection limits are the server's: see
+    :func:`server_options`.
     """
     from contextlib import asynccontextmanager
     from importlib import resources
@@ -495,7 +461,11 @@ def create_app(model, tokenizer, *, model_name: str = "gptcourse",
 
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
+    from .batching import BatchedEngine
+
     engine = Engine(model, tokenizer, model_name, max_tokens_cap)
+    batched = BatchedEngine(model, tokenizer, max_batch=max_batch)
+    engine.stats = batched.stats  # one set of counters: the generating engine's
     # JSON decoding, validation and tokenization: off the event loop, beside generation
     parser = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="gptcourse-parse")
     page = resources.files("gptcourse").joinpath("static/chat.html").read_text(encoding="utf-8")
@@ -503,12 +473,13 @@ def create_app(model, tokenizer, *, model_name: str = "gptcourse",
     @asynccontextmanager
     async def lifespan(app):
         yield
-        engine.executor.shutdown(wait=False, cancel_futures=True)
+        batched.close()
         parser.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="gptcourse", summary="an OpenAI-compatible server for a course GPT",
                   lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
+    app.state.batched = batched
 
     def error(err: ServeError, close: bool = False) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else {}
@@ -619,30 +590,26 @@ def create_app(model, tokenizer, *, model_name: str = "gptcourse",
             p = len(req.prompt_ids)
             return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
 
-        async def run_pieces():
-            """The pieces of ``req``, one step at a time on the worker thread (hold the
-            lock); stops early when the client has gone away."""
-            it = engine.pieces(req)
-            try:
-                while not await request.is_disconnected():
-                    piece = await loop.run_in_executor(engine.executor, next, it, None)
-                    if piece is None:
-                        return
-                    yield piece
-                    if piece[1] is not None:
-                        return
-            finally:
-                # the worker may be inside next(it): close it there, after that step
-                with contextlib.suppress(RuntimeError):  # the executor is shut down
-                    engine.executor.submit(it.close)
+        # generation: the batched engine's thread; this request leaves the batch when its
+        # client goes away (polled, also while the request waits for a slot)
+        job = batched.submit(req.prompt_ids, req.max_tokens, temperature=req.temperature,
+                             top_p=req.top_p, stop=req.stop, seed=req.seed)
+
+        async def watch_client():
+            while not await request.is_disconnected():
+                await asyncio.sleep(DISCONNECT_POLL)
+            job.cancel()
+
+        watcher = asyncio.create_task(watch_client())
 
         if not req.stream:
-            async with engine.lock():
-                pieces = [p async for p in run_pieces()]
-            if not pieces or pieces[-1][1] is None:  # nobody is waiting for the answer
-                engine.stats["cancelled"] += 1
+            try:
+                pieces = [p async for p in job]
+            finally:
+                watcher.cancel()
+                job.cancel()  # a no-op once the answer is complete
+            if pieces[-1][1] == "cancelled":  # nobody is waiting for the answer
                 return Response(status_code=499)
-            engine.stats["completed"] += 1
             text = "".join(p[0] for p in pieces)
             _, finish, n = pieces[-1]
             if chat:
@@ -665,28 +632,28 @@ def create_app(model, tokenizer, *, model_name: str = "gptcourse",
             return f"data: {json.dumps({**chunk_head, 'choices': [choice]})}\n\n"
 
         async def events():
-            done = False
             try:
-                async with engine.lock():
-                    if chat:
-                        yield chunk(None, None, role=True)
-                    async for text, finish, n in run_pieces():
-                        if text or finish is None:
-                            yield chunk(text, None)
-                        if finish is None:
-                            continue
-                        yield chunk(None, finish)
-                        if req.include_usage:
-                            yield f"data: {json.dumps({**chunk_head, 'choices': [], 'usage': usage(n)})}\n\n"
-                        yield "data: [DONE]\n\n"
-                        done = True
+                if chat:
+                    yield chunk(None, None, role=True)
+                async for text, finish, n in job:
+                    if finish == "cancelled":
+                        return
+                    if text or finish is None:
+                        yield chunk(text, None)
+                    if finish is None:
+                        continue
+                    yield chunk(None, finish)
+                    if req.include_usage:
+                        yield f"data: {json.dumps({**chunk_head, 'choices': [], 'usage': usage(n)})}\n\n"
+                    yield "data: [DONE]\n\n"
             except Exception as exc:  # the headers are sent: report it as an event
                 err = ServeError(f"internal error ({type(exc).__name__})", status=500,
                                  type="server_error")
                 yield f"data: {json.dumps(err.body())}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
-                engine.stats["completed" if done else "cancelled"] += 1
+                watcher.cancel()
+                job.cancel()
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -923,6 +890,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help=f"the most tokens one request may ask for (default {DEFAULT_MAX_TOKENS_CAP})")
     p.add_argument("--model-name", default=None, help="the model id clients see")
     p.add_argument("--device", default=None, help="default: best available")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help="requests decoded together; more wait for a slot (default "
+                        f"{DEFAULT_MAX_BATCH}; 1: one at a time). The KV cache holds this many "
+                        "sequences of the model's context")
     g = p.add_argument_group("limits (slow, idle and hostile clients)")
     g.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help=f"larger request bodies are refused with 413 (default {DEFAULT_MAX_BODY_BYTES})")
@@ -949,7 +920,8 @@ def run(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("GPTCOURSE_API_KEY") or None
     app = create_app(model, tokenizer, model_name=args.model_name or name,
                      max_tokens_cap=args.max_tokens_cap, api_key=api_key,
-                     max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout)
+                     max_body_bytes=args.max_body_bytes, body_timeout=args.body_timeout,
+                     max_batch=args.max_batch)
     if args.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: serving on {args.host} without an API key: anyone who can reach this "
               "address can use the model")

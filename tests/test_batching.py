@@ -436,7 +436,7 @@ def test_close_does_not_hang_and_fails_what_is_left(tok):
 @pytest.mark.parametrize("ids, kw, match", [
     ([], {}, "non-empty"),
     ([300], {}, "0..256"),
-    ([1], {"max_tokens": 0}, "positive"),
+    ([1], {"max_tokens": 0}, "max_tokens must be >= 1"),
     ([1] * 60, {"max_tokens": 6}, "room for 5 new tokens"),
     ([1], {"temperature": float("nan")}, "temperature"),
     ([1], {"top_p": 0.0}, "top_p"),

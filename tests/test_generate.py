@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gptcourse.generate import _sampling_probs, filter_logits, generate, stream
+from gptcourse.generate import filter_logits, generate, sampling_probs, stream
 from gptcourse.model import GPT, GPTConfig
 from gptcourse.tokenizer import CharTokenizer
 
@@ -463,30 +463,30 @@ def test_tiny_temperature_with_huge_logits_samples_the_argmax():
 
 
 def test_tiny_temperature_shares_exact_ties():
-    probs = _sampling_probs(torch.tensor([[5.0, 1.0, 5.0, 0.0]]), 1e-45, None, None)
+    probs = sampling_probs(torch.tensor([[5.0, 1.0, 5.0, 0.0]]), 1e-45, None, None)
     assert probs.tolist() == [[0.5, 0.0, 0.5, 0.0]]
 
 
 @pytest.mark.parametrize("temperature", [1e-45, 5e-324])
 def test_tiny_temperature_on_equal_logits_is_uniform(temperature):
-    assert torch.equal(_sampling_probs(torch.zeros(1, 5), temperature, None, None), UNIFORM5)
+    assert torch.equal(sampling_probs(torch.zeros(1, 5), temperature, None, None), UNIFORM5)
 
 
 @pytest.mark.parametrize("temperature", [1e31, 1e300, math.inf])
 def test_huge_temperature_is_uniform(temperature):
-    torch.testing.assert_close(_sampling_probs(LOGITS, temperature, None, None), UNIFORM5,
+    torch.testing.assert_close(sampling_probs(LOGITS, temperature, None, None), UNIFORM5,
                                rtol=0, atol=1e-7)
 
 
 def test_huge_temperature_keeps_the_top_k():
-    probs = _sampling_probs(LOGITS, 1e300, 2, None)
+    probs = sampling_probs(LOGITS, 1e300, 2, None)
     torch.testing.assert_close(probs, torch.tensor([[0.0, 0.5, 0.0, 0.5, 0.0]]), rtol=0, atol=1e-7)
 
 
 def test_huge_temperature_keeps_minus_inf_logits_impossible():
     # -inf / inf is NaN in float32
     logits = torch.tensor([[0.0, float("-inf"), 1.0, float("-inf")]])
-    probs = _sampling_probs(logits, 1e300, None, None)
+    probs = sampling_probs(logits, 1e300, None, None)
     torch.testing.assert_close(probs, torch.tensor([[0.5, 0.0, 0.5, 0.0]]), rtol=0, atol=1e-7)
 
 
@@ -498,11 +498,11 @@ def test_huge_temperature_generates_valid_ids(model, temperature):
 
 def test_plus_inf_logits_share_the_probability():
     logits = torch.tensor([[math.inf, 0.0, math.inf, -math.inf]])
-    assert _sampling_probs(logits, 1.0, None, None).tolist() == [[0.5, 0.0, 0.5, 0.0]]
+    assert sampling_probs(logits, 1.0, None, None).tolist() == [[0.5, 0.0, 0.5, 0.0]]
 
 
 def test_all_minus_inf_logits_are_uniform():
-    assert torch.equal(_sampling_probs(torch.full((1, 5), -math.inf), 1.0, None, None), UNIFORM5)
+    assert torch.equal(sampling_probs(torch.full((1, 5), -math.inf), 1.0, None, None), UNIFORM5)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
@@ -513,7 +513,7 @@ def test_largest_float32_logits_sample_the_argmax(temperature):
 
 def test_extreme_row_leaves_the_other_rows_bit_identical():
     logits = torch.tensor([[1.0, 3.0, -2.0, 2.5], [math.inf, 0.0, 1.0, 2.0]])
-    probs = _sampling_probs(logits, 0.7, None, 0.9)
+    probs = sampling_probs(logits, 0.7, None, 0.9)
     assert torch.equal(probs[0], torch.softmax(filter_logits(logits[:1] / 0.7, None, 0.9), -1)[0])
     assert probs[1].tolist() == [1.0, 0.0, 0.0, 0.0]
 
@@ -523,7 +523,7 @@ def test_extreme_row_leaves_the_other_rows_bit_identical():
 def test_ordinary_values_are_the_plain_float32_computation(temperature, top_k, top_p):
     logits = 3 * torch.randn(4, 100, generator=torch.Generator().manual_seed(0))
     expected = torch.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
-    assert torch.equal(_sampling_probs(logits, temperature, top_k, top_p), expected)
+    assert torch.equal(sampling_probs(logits, temperature, top_k, top_p), expected)
 
 
 def test_nan_logits_raise_a_clear_error():

@@ -40,6 +40,7 @@ from .clean import normalize
 __all__ = [
     "LSH",
     "MinHash",
+    "canonical_key",
     "dedup_key",
     "exact_duplicates",
     "jaccard",
@@ -62,10 +63,10 @@ _WORD = re.compile(r"\w+")
 def dedup_key(text: str) -> str:
     """Hex blake2b (128-bit) of ``normalize(text).lower()`` with every whitespace run made one
     space: the identity of a text for exact deduplication."""
-    return _canonical_key(normalize(text))
+    return canonical_key(normalize(text))
 
 
-def _canonical_key(normalized: str) -> str:
+def canonical_key(normalized: str) -> str:
     """:func:`dedup_key` of a text that is already normalized."""
     canon = " ".join(normalized.lower().split())
     return hashlib.blake2b(canon.encode("utf-8"), digest_size=16).hexdigest()

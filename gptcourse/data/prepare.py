@@ -53,7 +53,7 @@ import numpy as np
 
 from .. import validate
 from .clean import DEFAULT_BLOCKLIST, Blocklist, QualityFilter, normalize
-from .dedup import MinHash, _canonical_key, near_duplicates_from_signatures
+from .dedup import MinHash, canonical_key, near_duplicates_from_signatures
 from .shards import META, ShardError, ShardWriter, dtype_for
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -504,7 +504,7 @@ class _CleanBatch:
             texts.append(n)
             chars.append(len(n))
             reasons.append(reason)
-            keys.append(_canonical_key(n) if self.exact and reason is None else None)
+            keys.append(canonical_key(n) if self.exact and reason is None else None)
         out = {"text": texts, "_reason": reasons, "_key": keys, "_raw_chars": raw,
                "_chars": chars}
         if logprob is not None:

@@ -97,8 +97,6 @@ def _validate(body, max_tokens_cap: int, block_size: int) -> dict | None:
         engine.parse(body, chat=False)
     except ServeError as err:
         return err.body()
-    finally:
-        engine.executor.shutdown(wait=False)
     return None
 
 
