@@ -1,6 +1,6 @@
 """Benchmark ``gptcourse serve``: requests/s and tokens/s for 1, 4 and 16 concurrent clients,
 against the same generation in-process with no HTTP (``gptcourse.generate.generate``); then
-today's one-at-a-time engine against continuous batching (``gptcourse.batching``) at 1, 4, 16
+the one-at-a-time engine (the server before batching) against continuous batching (``gptcourse.batching``) at 1, 4, 16
 and 64 concurrent clients.
 
 A 6-layer, 6-head, 384-wide GPT (GPT-2's 50,257-token vocabulary and tokenizer, 1,024-token
@@ -17,17 +17,18 @@ this process; at 1 client, baseline runs and requests alternate (10 of each), so
 the same load on the machine. Serving overhead = server latency at 1 client / baseline latency - 1
 (goal <= 10%). One streamed request per round at 1 client gives the time to first token.
 
-Engines side by side (same model, same process, same run): ``serial`` is today's server
-engine without the HTTP -- one worker thread runs one request at a time, first come first
-served, with :func:`gptcourse.batching.generate_pieces` (``stream`` + ``TextAssembler``, what
-``serve``'s ``_Engine.pieces`` does); ``batched`` is :class:`gptcourse.batching.BatchedEngine`
+Engines side by side (same model, same process, same run): ``serial`` is the server's engine
+before batching, without the HTTP -- one worker thread runs one request at a time, first come
+first served, with :func:`gptcourse.batching.generate_pieces` (``stream`` + ``TextAssembler``,
+what ``serve.Engine.pieces`` does); ``batched`` is :class:`gptcourse.batching.BatchedEngine`
 (``--max-batch``, default 16). Client threads each send their share of streamed greedy
 requests (four different 32-token prompts, ``max_tokens`` 64) back to back and check every
 answer against the prompt's answer alone. Per level: aggregate tokens/s (all completion
 tokens / wall time), latency p50/p95 (submit to last piece) and time to first token p50/p95
 (submit to the first piece with text). Goal: batched at 16 clients >= 4x one client's tokens/s.
-With ``--http`` the same clients also go through HTTP (streamed ``/v1/completions``): to
-today's server, and to a batched one once ``serve.create_app`` takes ``max_batch=``.
+With ``--http`` the same clients also go through HTTP (streamed ``/v1/completions``): to a
+server that decodes one request at a time (``create_app(max_batch=1)``, like the server before
+batching) and to the batched one (``--max-batch``).
 
     python bench/bench_serve.py                  # the full run (about 4 minutes on 2 cores)
     python bench/bench_serve.py --quick          # 8-16 tokens, few requests: does it run?
@@ -40,7 +41,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import inspect
 import json
 import math
 import os
@@ -224,7 +224,7 @@ def http_overhead(model, tokenizer, args) -> dict:
 
 
 # --------------------------------------------------------------------------------------
-# engines side by side: today's one-at-a-time engine vs continuous batching
+# engines side by side: the one-at-a-time engine vs continuous batching
 # --------------------------------------------------------------------------------------
 
 
@@ -372,20 +372,17 @@ def engines(model, tokenizer, args) -> dict:
 
     serial = SerialEngine(model, tokenizer)
     batched = BatchedEngine(model, tokenizer, max_batch=args.max_batch)
-    serial_name, batched_name = "serial (today's engine)", f"batched (max_batch {args.max_batch})"
+    serial_name, batched_name = "serial (one at a time)", f"batched (max_batch {args.max_batch})"
     runs = {serial_name: engine_call(serial, prompts, max_tokens),
             batched_name: engine_call(batched, prompts, max_tokens)}
     rows = []
     with contextlib.ExitStack() as servers:
         if args.http:
             cap = max(512, max_tokens)
-            apps = {"HTTP " + serial_name: create_app(model, tokenizer, max_tokens_cap=cap)}
-            if "max_batch" in inspect.signature(create_app).parameters:
-                apps["HTTP " + batched_name] = create_app(model, tokenizer, max_tokens_cap=cap,
-                                                     max_batch=args.max_batch)
-            else:
-                print("# --http: serve.create_app takes no max_batch= yet, so only today's "
-                      "server is measured over HTTP")
+            apps = {"HTTP " + serial_name: create_app(model, tokenizer, max_tokens_cap=cap,
+                                                      max_batch=1),
+                    "HTTP " + batched_name: create_app(model, tokenizer, max_tokens_cap=cap,
+                                                       max_batch=args.max_batch)}
             for name, app in apps.items():
                 port = int(servers.enter_context(background(app)).rsplit(":", 1)[1])
                 runs[name] = http_call(port, texts, max_tokens)
