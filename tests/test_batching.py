@@ -172,7 +172,7 @@ def test_text_assembler_holds_back_stop_prefixes_and_partial_characters(tok):
 
 
 def test_pieces_alone_equal_the_servers_one_at_a_time_engine(tok):
-    """generate_pieces (TextAssembler + stream) gives serve's ``_Engine.pieces`` pieces."""
+    """generate_pieces (TextAssembler + stream) gives serve's ``Engine.pieces`` pieces."""
     pytest.importorskip("fastapi")
     from gptcourse.serve import create_app
 

@@ -89,9 +89,9 @@ def test_local_chat_streams_keeps_history_resets_and_quits(model, tokenizer):
     assert third == [system, {"role": "user", "content": "again"}]  # /reset cleared it
     assert len(chat.history) == 2
     # the answer is the library's generation for that prompt and seed
-    from gptcourse.serve import _Engine
+    from gptcourse.serve import Engine
 
-    req = _Engine(model, tokenizer, "x", 128).parse(
+    req = Engine(model, tokenizer, "x", 128).parse(
         {"messages": first, "max_tokens": 12, "temperature": 1.0, "seed": 3}, chat=True)
     assert "".join(p[0] for p in backend.engine.pieces(req)) == answer
     backend.close()
