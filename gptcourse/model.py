@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import validate
+
 __all__ = [
     "GPTConfig",
     "CausalSelfAttention",
@@ -53,30 +55,20 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        # (frozen: object.__setattr__ stores the checked value, e.g. a numpy int as an int)
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+            object.__setattr__(self, name, validate.integer(name, getattr(self, name), min=1))
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"e.g. n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
             )
         for name in ("bias", "tie_weights"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name in ("dropout", "rope_base", "layer_norm_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, got {value!r}")
-        if self.rope_base <= 0 or self.layer_norm_eps <= 0:
-            raise ValueError("rope_base and layer_norm_eps must be positive")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.pos_encoding not in ("learned", "rope"):
-            raise ValueError(f"pos_encoding must be 'learned' or 'rope', got {self.pos_encoding!r}")
+            validate.flag(name, getattr(self, name))
+        for name in ("rope_base", "layer_norm_eps"):
+            validate.number(name, getattr(self, name), min=0, min_open=True)
+        validate.number("dropout", self.dropout, min=0, max=1, max_open=True)
+        validate.choice("pos_encoding", self.pos_encoding, ("learned", "rope"))
         if self.pos_encoding == "rope" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head size, got {self.head_dim}")
 

@@ -54,7 +54,7 @@ def test_config_n_embd_not_divisible_by_n_head():
 @pytest.mark.parametrize("field", ["vocab_size", "block_size", "n_layer", "n_head", "n_embd"])
 @pytest.mark.parametrize("value", [0, -4])
 def test_config_non_positive_sizes(field, value):
-    with pytest.raises(ValueError, match=f"{field} must be positive"):
+    with pytest.raises(ValueError, match=f"{field} must be >= 1"):
         GPTConfig(**{field: value})
 
 

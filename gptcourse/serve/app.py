@@ -8,6 +8,7 @@ import logging
 import secrets
 import time
 
+from .. import validate
 from .protocol import (
     DEFAULT_MAX_TOKENS_CAP,
     ChatCompletionRequest,
@@ -70,8 +71,8 @@ def create_app(model, tokenizer, *, model_name: str = "gptcourse",
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import ClientDisconnect
 
-    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
-        raise ValueError(f"max_body_bytes must be a positive int, got {max_body_bytes!r}")
+    max_body_bytes = validate.integer("max_body_bytes", max_body_bytes, min=1)
+    body_timeout = validate.number("body_timeout", body_timeout, min=0, min_open=True)
     from ..batching import BatchedEngine
 
     engine = Engine(model, tokenizer, model_name, max_tokens_cap)

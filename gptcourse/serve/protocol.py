@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from .. import validate
 from ..batching import held_back
 
 __all__ = ["CHAT_STOP", "ChatCompletionRequest", "ChatMessage", "CompletionRequest",
@@ -239,8 +240,7 @@ class Engine:
     pieces)."""
 
     def __init__(self, model, tokenizer, model_name: str, max_tokens_cap: int) -> None:
-        if isinstance(max_tokens_cap, bool) or not isinstance(max_tokens_cap, int) or max_tokens_cap < 1:
-            raise ValueError(f"max_tokens_cap must be a positive int, got {max_tokens_cap!r}")
+        max_tokens_cap = validate.integer("max_tokens_cap", max_tokens_cap, min=1)
         if tokenizer is None:
             raise ValueError("serving needs a tokenizer to turn text into ids")
         self.model = model.eval()
