@@ -110,34 +110,20 @@ def first_token_s(port: int, body: dict) -> tuple[float, float]:
     return first or total, total
 
 
-def run_clients(port: int, body: dict, clients: int, requests: int, expect: str) -> dict:
-    """``requests`` requests spread over ``clients`` threads; wall time, latencies, tokens."""
-    latencies: list[float] = []
-    tokens = [0]
+def run_threads(work, shares: list) -> float:
+    """``work(share)`` in one thread per share, all released together by a barrier; returns
+    the wall time from the release until the last thread ends (the first error is raised)."""
     errors: list[BaseException] = []
-    lock = threading.Lock()
-    share = [requests // clients + (i < requests % clients) for i in range(clients)]
-    barrier = threading.Barrier(clients + 1)
+    barrier = threading.Barrier(len(shares) + 1)
 
-    def client(n: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    def thread(share) -> None:
         try:
             barrier.wait()
-            for _ in range(n):
-                t0 = time.perf_counter()
-                out = post(conn, body)
-                dt = time.perf_counter() - t0
-                if out["choices"][0]["text"] != expect:
-                    raise AssertionError("the server's greedy answer differs from generate()'s")
-                with lock:
-                    latencies.append(dt)
-                    tokens[0] += out["usage"]["completion_tokens"]
-        except BaseException as err:  # noqa: BLE001 - reported below
+            work(share)
+        except BaseException as err:  # noqa: BLE001 - raised below, in the caller's thread
             errors.append(err)
-        finally:
-            conn.close()
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in share]
+    threads = [threading.Thread(target=thread, args=(share,)) for share in shares]
     for t in threads:
         t.start()
     barrier.wait()
@@ -147,6 +133,32 @@ def run_clients(port: int, body: dict, clients: int, requests: int, expect: str)
     wall = time.perf_counter() - t0
     if errors:
         raise errors[0]
+    return wall
+
+
+def run_clients(port: int, body: dict, clients: int, requests: int, expect: str) -> dict:
+    """``requests`` requests spread over ``clients`` threads; wall time, latencies, tokens."""
+    latencies: list[float] = []
+    tokens = [0]
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        try:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                out = post(conn, body)
+                dt = time.perf_counter() - t0
+                if out["choices"][0]["text"] != expect:
+                    raise AssertionError("the server's greedy answer differs from generate()'s")
+                with lock:
+                    latencies.append(dt)
+                    tokens[0] += out["usage"]["completion_tokens"]
+        finally:
+            conn.close()
+
+    wall = run_threads(client, [requests // clients + (i < requests % clients)
+                                for i in range(clients)])
     return {"clients": clients, "requests": requests, "wall_s": wall, "req_per_s": requests / wall,
             "tokens_per_s": tokens[0] / wall, "latency_median_s": statistics.median(latencies),
             "latency_max_s": max(latencies)}
@@ -321,33 +333,17 @@ def pct(xs: list[float], q: float) -> float:
 def run_level(call: Call, clients: int, requests: int, expect: list[str]) -> dict:
     """``requests`` requests (prompts in turn) over ``clients`` threads, each back to back."""
     results: list[tuple[float, float, str, int]] = []
-    errors: list[BaseException] = []
     lock = threading.Lock()
-    barrier = threading.Barrier(clients + 1)
-    mine = [list(range(c, requests, clients)) for c in range(clients)]
 
     def client(jobs: list[int]) -> None:
-        try:
-            barrier.wait()
-            for j in jobs:
-                r = call(j % len(expect))
-                if r[2] != expect[j % len(expect)]:
-                    raise AssertionError("an answer differs from the same request alone")
-                with lock:
-                    results.append(r)
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
+        for j in jobs:
+            r = call(j % len(expect))
+            if r[2] != expect[j % len(expect)]:
+                raise AssertionError("an answer differs from the same request alone")
+            with lock:
+                results.append(r)
 
-    threads = [threading.Thread(target=client, args=(jobs,)) for jobs in mine]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
+    wall = run_threads(client, [list(range(c, requests, clients)) for c in range(clients)])
     ttft, lat = [r[0] for r in results], [r[1] for r in results]
     return {"clients": clients, "requests": requests, "wall_s": wall,
             "tokens_per_s": sum(r[3] for r in results) / wall,
@@ -356,7 +352,7 @@ def run_level(call: Call, clients: int, requests: int, expect: list[str]) -> dic
 
 
 def engines(model, tokenizer, args) -> dict:
-    """Today's engine and the batched one side by side at each level of clients."""
+    """The one-at-a-time engine and the batched one side by side at each level of clients."""
     max_tokens = args.max_tokens or (8 if args.quick else 64)
     levels = [int(c) for c in args.levels.split(",")]
     texts, prompts = [], []

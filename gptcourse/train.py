@@ -74,7 +74,7 @@ from torch import nn
 from . import validate
 from .corpora import sha256_file
 from .data import TokenShards
-from .data.shards import write_atomic
+from .data.shards import read_json_record, write_atomic
 from .model import GPT, GPTConfig
 
 __all__ = [
@@ -405,22 +405,7 @@ def _read_checkpoint_meta(folder: Path) -> dict[str, Any]:
     against its sha256 (always: a checkpoint is read far less often than it is trained)."""
     file = folder / "checkpoint.json"
     damaged = "the checkpoint is damaged: resume from an earlier one"
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{file} cannot be read ({err}); {damaged}") from err
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{file} holds a JSON {type(meta).__name__}, not an object; "
-                              f"{damaged}")
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{file} has format {meta.get('format')!r}, "
-                              f"expected {CHECKPOINT_FORMAT!r}")
-    for key, kind in _META_KEYS.items():
-        if key not in meta:
-            raise CheckpointError(f"{file} has no {key!r} key; {damaged}")
-        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
-            raise CheckpointError(f"{file}: {key!r} must be a JSON {kind.__name__}, got "
-                                  f"{meta[key]!r:.60}; {damaged}")
+    meta = read_json_record(file, CHECKPOINT_FORMAT, _META_KEYS, CheckpointError, damaged)
     files = meta["files"]
     if "model.safetensors" not in files:
         raise CheckpointError(f"{file} lists no sha256 for model.safetensors; {damaged}")

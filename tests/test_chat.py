@@ -157,7 +157,7 @@ def test_history_is_trimmed_from_the_oldest_turns_to_fit_the_context(model, toke
 
 @pytest.fixture(scope="module")
 def server(model, tokenizer):
-    """A uvicorn server on a free loopback port, in a thread (as in test_serve.py)."""
+    """A uvicorn server on a free loopback port, in a thread (as in serving/test_serve.py)."""
     app = create_app(model, tokenizer, model_name="tiny", max_tokens_cap=64, api_key="k")
     with background(app) as url:
         yield app, url + "/v1"

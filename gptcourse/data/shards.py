@@ -77,6 +77,28 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def read_json_record(file: Path, format: str, keys: dict[str, type], error: type[Exception],
+                     advice: str) -> dict[str, Any]:
+    """The JSON object in ``file`` (a ``meta.json`` or ``checkpoint.json``), checked: readable,
+    an object, of ``format``, with every key of ``keys`` holding a value of its type. Anything
+    else raises ``error`` naming the file and what is wrong, followed by ``advice``."""
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{file} cannot be read as JSON ({err}); {advice}") from err
+    if not isinstance(record, dict):
+        raise error(f"{file} holds a JSON {type(record).__name__}, not an object; {advice}")
+    if record.get("format") != format:
+        raise error(f"{file} has format {record.get('format')!r}, expected {format!r}")
+    for key, kind in keys.items():
+        if key not in record:
+            raise error(f"{file} has no {key!r} key; {advice}")
+        if not isinstance(record[key], kind) or isinstance(record[key], bool):
+            raise error(f"{file}: {key!r} must be a JSON {kind.__name__}, got "
+                        f"{record[key]!r:.60}; {advice}")
+    return record
+
+
 class _OpenShard:
     """One shard being written: a temporary file, its running sha256 and token count."""
 
@@ -217,21 +239,7 @@ _SHARD_KEYS = {"file": str, "tokens": int, "sha256": str}
 def _read_meta(meta_file: Path) -> dict[str, Any]:
     """``meta.json``, checked: an object with the keys and types readers rely on."""
     again = "run prepare again"
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ShardError(f"{meta_file} cannot be read as JSON ({err}); {again}") from err
-    if not isinstance(meta, dict):
-        raise ShardError(f"{meta_file} holds a JSON {type(meta).__name__}, not an object; "
-                         f"{again}")
-    if meta.get("format") != FORMAT:
-        raise ShardError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    for key, kind in _META_KEYS.items():
-        if key not in meta:
-            raise ShardError(f"{meta_file} has no {key!r} key; {again}")
-        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
-            raise ShardError(f"{meta_file}: {key!r} must be a JSON {kind.__name__}, got "
-                             f"{meta[key]!r:.60}; {again}")
+    meta = read_json_record(meta_file, FORMAT, _META_KEYS, ShardError, again)
     if meta["dtype"] not in _DTYPES:
         raise ShardError(f"{meta_file} has dtype {meta['dtype']!r}; shards hold token ids as "
                          f"{' or '.join(_DTYPES)}: {again}")

@@ -9,30 +9,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from gptcourse.finetune.instruct import format_prompt, messages_to_prompt  # noqa: E402
-from gptcourse.model import GPT, GPTConfig  # noqa: E402
 from gptcourse.serve import background, create_app, held_back  # noqa: E402
-from gptcourse.tokenizer import get_tokenizer  # noqa: E402
 
 CAP = 64
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return get_tokenizer("gpt2")
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=1, n_head=2,
-                       n_embd=32)
-    return GPT(config).eval()
 
 
 @pytest.fixture

@@ -11,30 +11,15 @@ import threading
 import time
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from gptcourse.model import GPT, GPTConfig  # noqa: E402
 from gptcourse.serve import background, create_app  # noqa: E402
-from gptcourse.tokenizer import get_tokenizer  # noqa: E402
 
 CAP = 16
 GOOD = {"prompt": "Hi", "max_tokens": 2, "seed": 0}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return get_tokenizer("gpt2")
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=32)
-    return GPT(config).eval()
 
 
 def _app(model, tokenizer, **kw):

@@ -9,13 +9,10 @@ import shutil
 import threading
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 
-from gptcourse.model import GPT, GPTConfig  # noqa: E402
 from gptcourse.serve import background, create_app  # noqa: E402
-from gptcourse.tokenizer import get_tokenizer  # noqa: E402
 
 TIMEOUT = 20  # seconds for the page to show something (it takes well under one)
 
@@ -51,18 +48,6 @@ def driver():
     d = webdriver.Chrome(service=Service(found[1]), options=options)  # no download: paths given
     yield d
     d.quit()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return get_tokenizer("gpt2")
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=1, n_head=2, n_embd=32)
-    return GPT(config).eval()
 
 
 def _wait(driver, condition, message: str):
