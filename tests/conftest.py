@@ -20,11 +20,12 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from loopback import loopback_http
 
 settings.register_profile(
     "ci",
@@ -94,17 +95,12 @@ class LocalServer:
     bytes, then closes the connection (a download that drops mid-file).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, httpd) -> None:
         self.routes: dict[str, tuple[bytes, str]] = {}
         self.hits: Counter[str] = Counter()
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.owner = self  # type: ignore[attr-defined]
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+        httpd.owner = self
+        self.port = httpd.server_address[1]
 
     def serve(self, path: str, body: bytes, mode: str = "ok") -> str:
         assert path.startswith("/") and mode in ("ok", "truncate")
@@ -118,17 +114,8 @@ class LocalServer:
 
 @pytest.fixture
 def http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalServer]:
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    server = LocalServer()
-    server.thread.start()
-    try:
-        yield server
-    finally:
-        server.httpd.shutdown()
-        server.httpd.server_close()
-        server.thread.join(timeout=5)
+    with loopback_http(_Handler, monkeypatch) as httpd:
+        yield LocalServer(httpd)
 
 
 # --------------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from loopback import loopback_http
 
 from gptcourse.client import APIError, Client, Unreachable, base_url
 
@@ -56,21 +56,9 @@ class _Fake(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def url(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Fake)
-    httpd.daemon_threads = True
-    httpd.seen = []
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                              daemon=True)
-    thread.start()
-    try:
+    with loopback_http(_Fake, monkeypatch) as httpd:
+        httpd.seen = []
         yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 USER = [{"role": "user", "content": "hi"}]

@@ -14,13 +14,13 @@ import ast
 import hashlib
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from loopback import loopback_http
 
 from gptcourse.finetune.instruct import (
     CHECKABLE_KINDS,
@@ -535,23 +535,11 @@ class _Judge(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def judge_url(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     for var in ("GPTCOURSE_JUDGE_URL", "GPTCOURSE_JUDGE_MODEL", "GPTCOURSE_JUDGE_API_KEY"):
         monkeypatch.delenv(var, raising=False)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    httpd.daemon_threads = True
-    httpd.requests = []
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                              daemon=True)
-    thread.start()
-    try:
+    with loopback_http(_Judge, monkeypatch) as httpd:
+        httpd.requests = []
         yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.requests
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 def test_judge_scores_through_an_openai_compatible_endpoint(judge_url, monkeypatch):

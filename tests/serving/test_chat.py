@@ -10,13 +10,11 @@ import socket
 import urllib.request
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 
 from gptcourse.chat import Chat, LocalBackend, RemoteBackend  # noqa: E402
 from gptcourse.finetune.instruct import messages_to_prompt  # noqa: E402
-from gptcourse.model import GPT, GPTConfig  # noqa: E402
 from gptcourse.serve import background, create_app  # noqa: E402
 from gptcourse.tokenizer import BPETokenizer  # noqa: E402
 
@@ -30,12 +28,7 @@ def tokenizer():
     return BPETokenizer.train(TEXT, 320, special_tokens=["<|endoftext|>"])
 
 
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=1, n_head=2,
-                       n_embd=32)
-    return GPT(config).eval()
+# the served model is tests/serving/conftest.py's, over this file's tokenizer
 
 
 class Recorder(io.StringIO):
@@ -157,7 +150,7 @@ def test_history_is_trimmed_from_the_oldest_turns_to_fit_the_context(model, toke
 
 @pytest.fixture(scope="module")
 def server(model, tokenizer):
-    """A uvicorn server on a free loopback port, in a thread (as in serving/test_serve.py)."""
+    """A uvicorn server on a free loopback port, in a thread (as in test_serve.py)."""
     app = create_app(model, tokenizer, model_name="tiny", max_tokens_cap=64, api_key="k")
     with background(app) as url:
         yield app, url + "/v1"
