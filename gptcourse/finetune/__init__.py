@@ -2,9 +2,10 @@
 
 * :mod:`.lora` -- LoRA from scratch: ``LoRALinear``, ``apply_lora`` (freezes the base),
   ``merge_lora`` / ``unmerge_lora``, trainable-parameter and memory counts;
-* :mod:`.classify` -- a classification head on the last real token (SMS spam): data loading,
-  balanced stratified splits, padding collate, ``GPTClassifier``, which layers to train
-  (``set_trainable``), training, metrics, confusion-matrix and curve plots;
+* :mod:`.classify` -- a classification head on the last real token (SMS spam), gathered from
+  :mod:`.spam` (data loading, balanced stratified splits) and :mod:`.classifier` (padding
+  collate, ``GPTClassifier``, which layers to train (``set_trainable``), predictions), with
+  training, metrics, confusion-matrix and curve plots;
 * :mod:`.instruct` -- instruction tuning, gathered from :mod:`.records` (Alpaca prompts, chat
   messages as prompts, the -100 collate with optional prompt masking), :mod:`.supervised`
   (``InstructionData`` for :class:`gptcourse.train.Trainer`, ``sft``, the response loss),
