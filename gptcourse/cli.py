@@ -100,7 +100,7 @@ def _train(spec, resume: str | None = None, overwrite: bool = False, quiet_setup
     """Build a :class:`Trainer` for a resolved run, print what it will do, and fit it.
 
     ``resume``: None (a new run; refused over existing checkpoints unless ``overwrite``),
-    ``"latest"``, ``"auto-or-new"`` or a checkpoint path -- see :mod:`gptcourse.train`.
+    ``"latest"``, ``"auto-or-new"`` or a checkpoint path -- see :mod:`gptcourse.checkpoints`.
     """
     import warnings
 

@@ -19,31 +19,10 @@ One optimizer step of :meth:`Trainer.fit` is
 Around it: evaluation on the validation split (loss, perplexity, distance to the entropy floor
 when the data knows it), samples, a JSONL metrics log, loss/LR plots and checkpoints.
 
-Checkpoints are folders ``checkpoints/step_NNNNNN`` holding ``model.safetensors`` (weights),
-``trainer.pt`` (optimizer, grad scaler, RNG states, step, tokens seen) and ``checkpoint.json``
-(configs and the sha256 of both files). A folder is written under a temporary name and renamed
-when complete, and ``checkpoints/latest`` is replaced atomically afterwards, so a crash or a
-broken run never destroys the last good checkpoint (a killed save's ``.step_*`` folder is removed
-by the next save). Old checkpoints are pruned by step number, keeping ``keep_checkpoints``, never
-the one ``latest`` names. Loading always verifies the checksums and that the model configuration
-matches; a damaged checkpoint is a one-line :class:`CheckpointError`, never a traceback.
-
-A run is never started over silently: ``Trainer(resume=...)`` and ``gptcourse train`` agree:
-
-==================  =======================================  ==========================
-Trainer             CLI                                      out_dir holds checkpoints
-==================  =======================================  ==========================
-``resume=False``    (no flag)                                refused: resume or overwrite
-``overwrite=True``  ``--overwrite``                          deleted, new run from step 0
-``"require"``       ``--resume``                             newest valid one; none: error
-``True``            ``--resume=auto-or-new``                 newest valid one; none at all: new run
-a path              ``--resume PATH``                        that checkpoint
-==================  =======================================  ==========================
-
-"Newest valid": the one ``checkpoints/latest`` names; when ``latest`` is missing, empty,
-dangling or names an unfinished folder, the highest-step checkpoint that verifies (with a
-:class:`CheckpointWarning` saying so). Checkpoints that exist but none of which is valid are an
-error that lists what was found, for ``resume=True`` too.
+Checkpoints (``checkpoints/step_NNNNNN`` folders, written atomically, verified on every read)
+and the rules for resuming a run, which ``Trainer(resume=...)`` and ``gptcourse train`` share,
+are described in :mod:`gptcourse.checkpoints`, which holds the code that finds, verifies, loads
+and prunes them; the Trainer saves and restores its own state with them.
 
 Scale-out: launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the trainer joins
 the process group (NCCL on GPUs, gloo on CPUs), wraps the model in DDP, and only rank 0 logs,
@@ -57,7 +36,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -72,9 +50,24 @@ import torch.distributed as dist
 from torch import nn
 
 from . import validate
+from .checkpoints import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    CheckpointWarning,
+    checkpoint_names,
+    find_checkpoint,
+    list_checkpoints,
+    load_model,
+    load_weights,
+    locate_checkpoint,
+    prune_checkpoints,
+    read_checkpoint_meta,
+    remove_partial_saves,
+    resolve_resume,
+)
 from .corpora import sha256_file
 from .data import TokenShards
-from .data.shards import read_json_record, write_atomic
+from .data.shards import write_atomic
 from .model import GPT, GPTConfig
 
 __all__ = [
@@ -93,16 +86,6 @@ __all__ = [
     "optimizer_groups",
     "read_metrics",
 ]
-
-CHECKPOINT_FORMAT = "gptcourse.checkpoint/1"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete, corrupt, or does not fit the requested model."""
-
-
-class CheckpointWarning(UserWarning):
-    """``latest`` was unusable, so an older valid checkpoint is used instead."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -297,182 +280,8 @@ def _resolve_device(name: str, ddp: Distributed) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# Checkpoint files
+# Metrics
 # --------------------------------------------------------------------------------------
-
-
-_STEP_FOLDER = re.compile(r"step_(\d+)")
-
-
-def _step_of(folder: Path) -> int | None:
-    match = _STEP_FOLDER.fullmatch(folder.name)
-    return int(match.group(1)) if match else None
-
-
-def list_checkpoints(root: str | os.PathLike) -> list[Path]:
-    """The ``step_N`` folders in ``root`` (a ``checkpoints`` folder), oldest first by step
-    number -- not by name, so ``step_1000000`` comes after ``step_999999``."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [(step, p) for p in root.iterdir() if p.is_dir() and (step := _step_of(p)) is not None]
-    return [p for _, p in sorted(found)]
-
-
-def _checkpoints_root(path: Path) -> Path:
-    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
-
-
-def _existing(root: Path) -> list[str]:
-    """What in ``root`` belongs to a run: its ``step_N`` folders and ``latest`` (names)."""
-    names = [p.name for p in list_checkpoints(root)]
-    return names + ["latest"] if (root / "latest").is_file() else names
-
-
-def _remove_partial_saves(root: Path) -> None:
-    """Delete what a killed save leaves behind: ``.step_*`` folders, ``.latest.*.part`` files."""
-    if root.is_dir():
-        for p in root.glob(".step_*"):
-            shutil.rmtree(p, ignore_errors=True)
-        for p in root.glob(".latest.*.part"):
-            p.unlink(missing_ok=True)
-
-
-def _latest_problem(root: Path) -> tuple[Path | None, str]:
-    """The folder ``root/latest`` names when it is a finished checkpoint, else what is wrong."""
-    latest = root / "latest"
-    if not latest.is_file():
-        return None, f"{root} has no `latest` file"
-    name = latest.read_text(encoding="utf-8", errors="replace").strip()
-    target = root / name
-    if not name or Path(name).name != name:
-        return None, f"{latest} is empty or damaged ({name!r})"
-    if (target / "checkpoint.json").is_file():
-        return target, ""
-    why = "has no checkpoint.json (an unfinished save)" if target.is_dir() else "does not exist"
-    return None, f"{latest} points at {name}, which {why}"
-
-
-def _locate(path: str | os.PathLike) -> tuple[Path, str | None, dict[str, Any] | None]:
-    """``(folder, note, meta)``: the checkpoint ``path`` means, why an older one stands in for
-    ``latest`` (else None), and its verified metadata when verifying was needed to choose it."""
-    p = Path(path)
-    if (p / "checkpoint.json").is_file():
-        return p, None, None
-    if _step_of(p) is not None and p.is_dir():
-        raise CheckpointError(f"{p} has no checkpoint.json: its save did not finish; choose "
-                              "another checkpoint")
-    root = _checkpoints_root(p)
-    target, problem = _latest_problem(root)
-    if target is not None:
-        return target, None, None
-    found = list_checkpoints(root)
-    if not found:
-        extra = f" ({problem})" if (root / "latest").is_file() else ""
-        raise CheckpointError(f"no checkpoint in {p}{extra}: expected a run folder with "
-                              "checkpoints/step_N folders, or a checkpoint folder with "
-                              "checkpoint.json")
-    invalid = []
-    for folder in reversed(found):  # newest first
-        try:
-            meta = _read_checkpoint_meta(folder)
-        except CheckpointError as err:
-            invalid.append(str(err))
-            continue
-        skipped = f" (skipped newer, invalid: {'; '.join(invalid)})" if invalid else ""
-        return folder, f"{problem}; using the newest valid checkpoint, {folder}{skipped}", meta
-    raise CheckpointError(f"no valid checkpoint in {root}: {problem}; {'; '.join(invalid)}")
-
-
-def find_checkpoint(path: str | os.PathLike) -> Path:
-    """The checkpoint folder meant by ``path``: a run folder (its latest checkpoint), its
-    ``checkpoints`` folder, or a ``step_NNNNNN`` folder itself.
-
-    When ``latest`` is missing, empty, dangling or names an unfinished folder, the newest
-    checkpoint that verifies is used instead, with a :class:`CheckpointWarning`.
-    """
-    folder, note, _ = _locate(path)
-    if note:
-        warnings.warn(note, CheckpointWarning, stacklevel=2)
-    return folder
-
-
-_META_KEYS = {"format": str, "step": int, "model_config": dict, "files": dict}
-
-
-def _read_checkpoint_meta(folder: Path) -> dict[str, Any]:
-    """The verified ``checkpoint.json`` of ``folder``: its keys, and every file it lists
-    against its sha256 (always: a checkpoint is read far less often than it is trained)."""
-    file = folder / "checkpoint.json"
-    damaged = "the checkpoint is damaged: resume from an earlier one"
-    meta = read_json_record(file, CHECKPOINT_FORMAT, _META_KEYS, CheckpointError, damaged)
-    files = meta["files"]
-    if "model.safetensors" not in files:
-        raise CheckpointError(f"{file} lists no sha256 for model.safetensors; {damaged}")
-    for name, digest in files.items():
-        path = folder / name
-        if Path(name).name != name or not isinstance(digest, str):
-            raise CheckpointError(f"{file}: bad entry {name!r}: {digest!r:.80} in 'files'; "
-                                  f"{damaged}")
-        if not path.is_file():
-            raise CheckpointError(f"{path} is missing; the checkpoint is incomplete")
-        if sha256_file(path) != digest:
-            raise CheckpointError(f"{path} does not match its sha256 in checkpoint.json: it is "
-                                  "truncated or corrupt; resume from an earlier checkpoint")
-    return meta
-
-
-def _model_config(folder: Path, meta: dict[str, Any]) -> GPTConfig:
-    try:
-        return GPTConfig(**meta["model_config"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{folder}/checkpoint.json: model_config is not a valid "
-                              f"GPTConfig ({err})") from err
-
-
-def _load_weights(model: nn.Module, folder: Path, device: str) -> None:
-    """Weights from ``model.safetensors`` (any failure: a one-line :class:`CheckpointError`)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model as st_load_model
-
-    file = folder / "model.safetensors"
-    try:
-        st_load_model(model, str(file), device=device)
-    except (SafetensorError, RuntimeError, OSError, ValueError) as err:
-        why = " ".join(str(err).split())  # load_state_dict's report spans lines
-        raise CheckpointError(f"{file} cannot be loaded into the model: {why:.400}") from err
-
-
-def load_model(path: str | os.PathLike, device: str = "cpu"):
-    """``(model, tokenizer, meta)`` from a run or checkpoint folder, ready for generation.
-
-    The files are verified against their sha256, and the tokenizer must fit the model's
-    embedding. The tokenizer is ``None`` when the checkpoint did not record one.
-    """
-    folder, note, meta = _locate(path)
-    if note:
-        warnings.warn(note, CheckpointWarning, stacklevel=2)
-    meta = meta or _read_checkpoint_meta(folder)
-    model = GPT(_model_config(folder, meta))
-    _load_weights(model, folder, "cpu")
-    model.to(device).eval()
-    tokenizer = None
-    info = meta.get("tokenizer")
-    if info:
-        from .tokenizer import get_tokenizer
-
-        name = info.get("name") if isinstance(info, dict) else None
-        if not isinstance(name, str):
-            raise CheckpointError(f"{folder}/checkpoint.json: 'tokenizer' must be an object "
-                                  f"with a 'name', got {info!r:.80}")
-        tokenizer = get_tokenizer(str(folder / name) if name == "tokenizer.json" else name)
-        rows = model.config.vocab_size
-        if tokenizer.vocab_size > rows:
-            raise CheckpointError(
-                f"{folder}: the tokenizer {name!r} has {tokenizer.vocab_size:,} tokens but the "
-                f"model's embedding has only {rows:,} rows (ids >= {rows} would fail); the "
-                "tokenizer does not belong to these weights")
-    return model, tokenizer, meta
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -503,7 +312,7 @@ class Trainer:
     ...                   TrainConfig(max_steps=500, out_dir="runs/mini"))   # doctest: +SKIP
     >>> trainer.fit()                                                       # doctest: +SKIP
 
-    ``resume`` (the table in the module docstring; the CLI's flags mean the same):
+    ``resume`` (the table in :mod:`gptcourse.checkpoints`; the CLI's flags mean the same):
 
     * ``False`` (default): a new run. If ``config.out_dir`` already holds checkpoints, ``fit()``
       and ``save_checkpoint()`` refuse (a :class:`CheckpointError` before anything is written)
@@ -579,16 +388,16 @@ class Trainer:
             if self.ddp.is_main:
                 shutil.rmtree(root, ignore_errors=True)
         elif resume is not False:
-            located = self._resume_from(resume, root)
+            located = resolve_resume(resume, self.out_dir)
             if located is not None:
                 folder, self.resume_note, meta = located
                 if self.resume_note:
                     warnings.warn(self.resume_note, CheckpointWarning, stacklevel=2)
                 if self.ddp.is_main:
-                    _remove_partial_saves(root)
+                    remove_partial_saves(root)
                 self._restore(folder, meta)
         else:
-            self._foreign = _existing(root)
+            self._foreign = checkpoint_names(root)
 
         wrapped: nn.Module = self.model
         if config.compile:
@@ -777,27 +586,6 @@ class Trainer:
             return {"name": "tokenizer.json"}
         return {"name": getattr(tok, "name", None) or "gpt2"}
 
-    def _resume_from(self, resume: bool | str | os.PathLike,
-                     root: Path) -> tuple[Path, str | None, dict[str, Any] | None] | None:
-        """The checkpoint ``resume`` asks for (see the class docstring); None: a new run."""
-        if resume is True or resume == "require":
-            if not _existing(root):
-                if resume is True:
-                    return None
-                raise CheckpointError(
-                    f"no checkpoint in {self.out_dir} to resume from; start a new run without "
-                    "resume (CLI: drop --resume, or --resume=auto-or-new)")
-            try:
-                return _locate(self.out_dir)
-            except CheckpointError as err:
-                raise CheckpointError(f"{err}. Nothing was overwritten: fix or remove them, "
-                                      "resume from a path, or start over with overwrite=True "
-                                      "(CLI: --overwrite, deletes them)") from None
-        if isinstance(resume, (str, os.PathLike)):
-            return _locate(resume)
-        raise TypeError(f"resume must be False, True, 'require' or a checkpoint path, "
-                        f"got {resume!r}")
-
     def _check_not_foreign(self) -> None:
         if self._foreign:
             shown = ", ".join(self._foreign[-3:])
@@ -817,7 +605,7 @@ class Trainer:
 
         root = self.out_dir / "checkpoints"
         root.mkdir(parents=True, exist_ok=True)
-        _remove_partial_saves(root)  # left by a save that was killed
+        remove_partial_saves(root)  # left by a save that was killed
         name = f"step_{self.step:06d}"
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
         try:
@@ -860,23 +648,20 @@ class Trainer:
             raise
         write_atomic(root / "latest", name + "\n")
         self.last_checkpoint = final
-        kept = [p for p in list_checkpoints(root) if (_step_of(p) or 0) <= self.step]
-        for old in kept[: -self.config.keep_checkpoints]:
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(root, self.config.keep_checkpoints, final)
         return final
 
     def load_checkpoint(self, path: str | os.PathLike) -> Path:
         """Restore weights, optimizer, grad scaler, RNG, step and tokens seen from ``path`` (a
         run folder, its ``checkpoints`` folder or one checkpoint; see :func:`find_checkpoint`).
         The model configuration must equal this trainer's."""
-        folder, note, meta = _locate(path)
+        folder, note, meta = locate_checkpoint(path)
         if note:
             warnings.warn(note, CheckpointWarning, stacklevel=2)
         return self._restore(folder, meta)
 
     def _restore(self, folder: Path, meta: dict[str, Any] | None) -> Path:
-        meta = meta or _read_checkpoint_meta(folder)
+        meta = meta or read_checkpoint_meta(folder)
         if "trainer.pt" not in meta["files"]:
             raise CheckpointError(f"{folder} holds weights only (no trainer.pt) and cannot be "
                                   "resumed; start a new run from them with Trainer(model=...)")
@@ -888,7 +673,7 @@ class Trainer:
                                 for k, (a, b) in diff.items())
             raise CheckpointError(f"{folder} holds a different model ({listing}); use the same "
                                   "model settings, or a new out_dir to start afresh")
-        _load_weights(self.model, folder, str(self.device))
+        load_weights(self.model, folder, str(self.device))
         try:
             state = torch.load(folder / "trainer.pt", map_location="cpu", weights_only=True)
             missing = [k for k in ("step", "tokens_seen", "optimizer", "scaler", "rng_cpu",
@@ -910,7 +695,7 @@ class Trainer:
         self.last_checkpoint = folder
         root = self.out_dir / "checkpoints"
         same_run = root.is_dir() and folder.parent.resolve() == root.resolve()
-        self._foreign = [] if same_run else _existing(root)
+        self._foreign = [] if same_run else checkpoint_names(root)
         return folder
 
     # ------------------------------------------------------------------ logging
