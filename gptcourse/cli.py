@@ -185,7 +185,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_sample_args(args: argparse.Namespace) -> None:
+    """Refuse out-of-range ``sample`` options before a model is loaded."""
+    from . import validate
+
+    validate.number("--temperature", args.temperature, min=0, finite=False)  # inf: uniform
+    validate.integer("--max-new-tokens", args.max_new_tokens, min=0)
+    validate.integer("--num-samples", args.num_samples, min=1)
+    if args.top_k is not None:
+        validate.integer("--top-k", args.top_k, min=1)
+    if args.top_p is not None:
+        validate.number("--top-p", args.top_p, min=0, max=1, min_open=True)
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
+    _check_sample_args(args)
     import torch
 
     from . import profiles
@@ -389,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="pretrain a GPT (any TrainConfig/GPTConfig field as --key value)",
                        description="Settings come from --preset, then --config, then --key value "
-                       "overrides such as --max-steps 200 --n-layer 6 --lr 3e-4 --data DIR.")
+                       "overrides such as --max-steps 200 --n-layer 6 --lr 3e-4 --data DIR.",
+                       epilog=_settings_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=None, help="a named run (gptcourse presets)")
     p.add_argument("--config", default=None, help="a TOML file like gptcourse/presets/*.toml")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
@@ -403,14 +419,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="generate text from a trained run or checkpoint")
     p.add_argument("run", help="a run folder (its latest checkpoint) or a checkpoint folder")
-    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    p.add_argument("--prompt", default="", metavar="TEXT",
+                   help="text to continue (default: start of a document)")
+    p.add_argument("--max-new-tokens", type=int, metavar="N", default=200,
+                   help="tokens to generate per sample (default: 200)")
+    p.add_argument("--temperature", type=float, metavar="T", default=0.8,
+                   help="sampling temperature >= 0; 0 is greedy, higher is more random "
+                   "(default: 0.8)")
+    p.add_argument("--top-k", type=int, metavar="K", default=None,
+                   help="sample only from the K most likely tokens (default: all)")
+    p.add_argument("--top-p", type=float, metavar="P", default=None,
+                   help="sample only from the most likely tokens whose probabilities add up "
+                   "to P, in (0, 1] (default: all)")
+    p.add_argument("--num-samples", type=int, metavar="N", default=1,
+                   help="samples to print (default: 1)")
+    p.add_argument("--seed", type=int, metavar="N", default=0,
+                   help="seed of the sampling (default: 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps ... (default: best available)")
     p.add_argument("--no-cache", dest="use_cache", action="store_false", help="disable the KV cache")
     p.set_defaults(func=_cmd_sample)
 
@@ -445,6 +470,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="environment, profile, device and data cache")
     p.set_defaults(func=_cmd_info)
     return parser
+
+
+def _settings_help() -> str:
+    """The ``--key value`` settings of ``train``: every GPTConfig and TrainConfig field, with its
+    type and default (the listing at the end of ``gptcourse train --help``)."""
+    import dataclasses
+
+    from .model import GPTConfig
+    from .train import TrainConfig
+
+    def rows(cls) -> list[str]:
+        out = []
+        for f in dataclasses.fields(cls):
+            kind = str(f.type).removesuffix(" | None").upper()  # annotations are strings here
+            if f.default is None or isinstance(f.default, bool):
+                default = str(f.default).lower()  # none, true, false: as typed on the line
+            else:
+                default = repr(f.default)
+            out.append(f"  {'--' + f.name.replace('_', '-') + ' ' + kind:<30} default: {default}")
+        return out
+
+    return "\n".join([
+        "settings (--key value; a preset or --config may have set other values):",
+        "  --data DIR                     folder of prepared shards (from the preset)",
+        "model (GPTConfig; vocab_size defaults to the data's):",
+        "  --model.preset NAME            start from a GPTConfig preset (tiny, gpt2, ...)",
+        *rows(GPTConfig),
+        "training (TrainConfig):", *rows(TrainConfig),
+        "a flag alone means true (--compile); none means unset (--min-lr none).",
+    ])
 
 
 def _serve_arguments(p: argparse.ArgumentParser) -> None:

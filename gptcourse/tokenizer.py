@@ -52,6 +52,7 @@ __all__ = [
     "CharTokenizer",
     "TiktokenTokenizer",
     "Tokenizer",
+    "TokenizerDownloadError",
     "TokenizerFileError",
     "bytes_to_unicode",
     "get_tokenizer",
@@ -75,6 +76,10 @@ GPT4_PATTERN = (
 ENDOFTEXT = "<|endoftext|>"
 
 AllowedSpecial = Literal["all"] | Iterable[str]
+
+
+class TokenizerDownloadError(RuntimeError):
+    """A tiktoken encoding's files are not in tiktoken's cache and could not be downloaded."""
 
 
 class TokenizerFileError(ValueError):
@@ -871,6 +876,47 @@ class TiktokenTokenizer(Tokenizer):
         return self.encoding.decode(ids)
 
 
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception that ``err`` was raised from (a DNS failure, a refused connection)."""
+    for _ in range(20):  # chains are short; the bound guards against cycles
+        inner = err.__cause__ or err.__context__
+        if inner is None:
+            break
+        err = inner
+    return err
+
+
+def _tiktoken_encoding(name: str):
+    """``tiktoken.get_encoding(name)``; when its files can be neither read from tiktoken's cache
+    nor downloaded, one :class:`TokenizerDownloadError` line says what is missing and what to do."""
+    import hashlib
+    import tempfile
+
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding(name)
+    except OSError as err:  # requests' errors are OSErrors, and so is an unwritable cache folder
+        # the cache folder as tiktoken.load.read_file_cached picks it ("" turns caching off)
+        cache = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get(
+            "DATA_GYM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "data-gym-cache")))
+        where = f"TIKTOKEN_CACHE_DIR={cache}" if cache else "TIKTOKEN_CACHE_DIR is empty: no cache"
+        url = getattr(getattr(err, "request", None), "url", None)  # set on requests' errors
+        if url is None:
+            raise TokenizerDownloadError(
+                f"cannot load tiktoken's {name!r} tokenizer: {err}. tiktoken keeps its files in "
+                f"its cache ({where}); set TIKTOKEN_CACHE_DIR to a folder you can write to"
+            ) from err
+        key = hashlib.sha1(url.encode()).hexdigest()  # tiktoken names a cached file so
+        raise TokenizerDownloadError(
+            f"tiktoken's {name!r} tokenizer needs {url}, which is not in its cache ({where}) "
+            f"and could not be downloaded ({_root_cause(err)}). If this machine is offline, "
+            "point TIKTOKEN_CACHE_DIR at a copy of the cache folder of a machine that has used "
+            f"this tokenizer (this file is cached there as {key}), or pick a tokenizer that "
+            "needs no download (--tokenizer char or bpe:N)"
+        ) from err
+
+
 TOKENIZER_NAMES = ("gpt2", "r50k_base", "cl100k_base", "o200k_base", "char", "char:<corpus>", "bytes", "gpt2-bpe", "<path to a saved tokenizer .json>")
 
 
@@ -887,9 +933,7 @@ def get_tokenizer(name: str, text: str | None = None) -> Tokenizer:
     if not isinstance(name, str):
         raise TypeError(f"tokenizer name must be a str, got {type(name).__name__}")
     if name in ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base"):
-        import tiktoken
-
-        return TiktokenTokenizer(tiktoken.get_encoding(name))
+        return TiktokenTokenizer(_tiktoken_encoding(name))
     if name == "gpt2-bpe":
         return BPETokenizer.from_gpt2()
     if name == "bytes":

@@ -167,3 +167,94 @@ def test_prepare_a_latin1_or_empty_file_is_a_one_line_error(tmp_path, capsys):
     empty.write_bytes(b"")
     assert main(["prepare", str(empty), "--out", str(tmp_path / "c")]) == 2
     assert "empty.txt is empty (0 bytes)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ what a learner types
+
+
+def test_train_help_lists_every_setting_with_its_type_and_default(capsys):
+    import dataclasses
+
+    from gptcourse.model import GPTConfig
+    from gptcourse.train import TrainConfig
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    def line(flag: str) -> str:
+        (found,) = [s for s in lines if s.split()[:1] == [flag]]
+        return found
+
+    assert line("--lr").split() == ["--lr", "FLOAT", "default:", "0.001"]
+    assert line("--n-layer").split() == ["--n-layer", "INT", "default:", "12"]
+    assert line("--compile").split() == ["--compile", "BOOL", "default:", "false"]
+    assert line("--min-lr").split() == ["--min-lr", "FLOAT", "default:", "none"]
+    for f in dataclasses.fields(GPTConfig) + dataclasses.fields(TrainConfig):
+        assert line("--" + f.name.replace("_", "-"))  # every field, once
+
+
+def test_sample_help_explains_every_option():
+    from gptcourse.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    sample = sub.choices["sample"]
+    missing = [a.option_strings or a.dest for a in sample._actions if not a.help]
+    assert missing == []
+    assert "0 is greedy" in sample.format_help()
+
+
+@pytest.mark.parametrize("option, value, why", [
+    ("--temperature", "-1", "--temperature must be >= 0, got -1.0"),
+    ("--top-p", "0", "--top-p must be in (0, 1], got 0.0"),
+    ("--top-k", "0", "--top-k must be >= 1, got 0"),
+])
+def test_sample_refuses_an_out_of_range_option_in_one_line(tmp_path, capsys, option, value, why):
+    assert main(["sample", str(tmp_path), option, value]) == 2  # refused before any loading
+    captured = capsys.readouterr()
+    assert captured.err == f"gptcourse sample: error: {why}\n" and captured.out == ""
+
+
+def test_offline_prepare_without_a_tiktoken_cache_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    """No cached gpt2 files and no network (a proxy on a closed loopback port refuses every
+    download at once): one line naming the file, its URL and TIKTOKEN_CACHE_DIR."""
+    import socket
+
+    import tiktoken.registry
+
+    empty = tmp_path / "tiktoken-cache"
+    empty.mkdir()
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(empty))
+    monkeypatch.setenv("GPTCOURSE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # forget encodings loaded before
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+            monkeypatch.setenv(var, proxy)
+        for var in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(var, raising=False)
+        assert main(["prepare", "tinyshakespeare", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("gptcourse prepare: error: tiktoken's 'gpt2' tokenizer needs "
+                          "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/")
+    assert f"TIKTOKEN_CACHE_DIR={empty}" in err and "--tokenizer char" in err
+    assert list(empty.iterdir()) == []
+
+
+def test_make_lab_passes_allow_root_only_to_root():
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    # -n: print the commands, run none; a stale install stamp only adds printed pip lines
+    out = subprocess.run(["make", "-n", "-C", str(root), "lab", "LAB_ARGS=--no-browser"],
+                         capture_output=True, text=True, check=True).stdout
+    (lab,) = [s for s in out.splitlines() if "jupyter lab" in s]
+    assert ("--allow-root" in lab) == (os.geteuid() == 0) and "--no-browser" in lab
