@@ -117,7 +117,24 @@ def slot(name: str):
 # ======================================================================================
 
 
-class Writer:
+class _Chooser:
+    """What the grammar's program calls: ``pick`` an option of a table, or ``sent`` one as a
+    sentence (preceded by a space unless it starts a paragraph; nothing if it is empty). The
+    writer chooses by sampling, the reader by matching a given text (their ``_choose``)."""
+
+    __slots__ = ()
+
+    def _choose(self, t: Table, c: dict, sentence: bool) -> int:
+        raise NotImplementedError
+
+    def pick(self, t: Table, c: dict) -> int:
+        return self._choose(t, c, False)
+
+    def sent(self, t: Table, c: dict) -> int:
+        return self._choose(t, c, True)
+
+
+class Writer(_Chooser):
     """Draws options with ``rng``; ``lp`` is the sum of the log-probabilities drawn."""
 
     __slots__ = ("rng", "out", "lp", "bol")
@@ -148,13 +165,6 @@ class Writer:
                 SLOTS[seg](self, c)
         return i
 
-    def pick(self, t: Table, c: dict) -> int:
-        return self._choose(t, c, False)
-
-    def sent(self, t: Table, c: dict) -> int:
-        """A sentence: preceded by a space unless it starts a paragraph (nothing if empty)."""
-        return self._choose(t, c, True)
-
     def say(self, s: str, c: dict | None = None) -> None:
         self.out.append(s.format_map(c) if c is not None else s)
 
@@ -173,7 +183,7 @@ class Mismatch(Exception):
     """The reader's text does not continue the way this derivation writes."""
 
 
-class Reader:
+class Reader(_Chooser):
     """Follows a given text through the program; forks at every choice with several matches.
 
     ``script`` fixes the option taken at the first ``len(script)`` forks; later forks take
@@ -221,12 +231,6 @@ class Reader:
             else:
                 self.say(seg, c if kind == _FMT else None)
         return i
-
-    def pick(self, t: Table, c: dict) -> int:
-        return self._choose(t, c, False)
-
-    def sent(self, t: Table, c: dict) -> int:
-        return self._choose(t, c, True)
 
     def say(self, s: str, c: dict | None = None) -> None:
         if c is not None:
