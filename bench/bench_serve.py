@@ -8,9 +8,8 @@ context, random weights, seed 0) is served by :func:`gptcourse.serve.create_app`
 in a thread of this process, on a free loopback port. Every request is the same
 ``POST /v1/completions`` (a 32-token prompt, ``max_tokens`` 64, ``temperature`` 0: greedy, so
 every answer is the same and its length is checked). Clients are threads, each with its own
-keep-alive ``http.client`` connection, sending their share of the requests back to back.
-The server runs one request at a time (one model, one worker), so more clients queue: they
-raise throughput only by hiding the HTTP round trips, and latency grows with the queue.
+keep-alive ``http.client`` connection, sending their share of the requests back to back;
+the server decodes concurrent requests together (continuous batching, ``max_batch`` 16).
 
 The baseline is ``generate(model, prompt, 64, temperature=0, stop=eot)`` plus decoding, in
 this process; at 1 client, baseline runs and requests alternate (10 of each), so both see
@@ -176,13 +175,13 @@ def http_overhead(model, tokenizer, args) -> dict:
     print(f"# HTTP overhead: prompt {len(prompt_ids)} tokens, max_tokens {max_tokens}, greedy")
 
     # ---- in-process baseline: generate() + decode, no HTTP
-    def once() -> str:
+    def once() -> tuple[str, int]:
+        """The answer's text and completion tokens (end-of-text not counted, as the server)."""
         out = generate(model, prompt_ids, max_tokens, temperature=0.0, stop=eot)
         new = [t for t in out[0, len(prompt_ids):].tolist() if t != eot]
-        return tokenizer.decode(new)
+        return tokenizer.decode(new), len(new)
 
-    expect = once()  # warm-up
-    tokens = len(generate(model, prompt_ids, max_tokens, temperature=0.0, stop=eot)[0]) - len(prompt_ids)
+    expect, tokens = once()  # warm-up
 
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
     app = create_app(model, tokenizer, model_name="bench-6x384", max_tokens_cap=max(512, max_tokens))
@@ -198,7 +197,7 @@ def http_overhead(model, tokenizer, args) -> dict:
         served: list[float] = []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            assert once() == expect
+            assert once()[0] == expect
             times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             assert post(conn, body)["choices"][0]["text"] == expect
@@ -241,8 +240,8 @@ def http_overhead(model, tokenizer, args) -> dict:
 
 
 class SerialEngine:
-    """Today's server engine without HTTP: one worker thread, one request at a time, first
-    come first served; each request's pieces come from ``generate_pieces``."""
+    """The server's engine before batching, without HTTP: one worker thread, one request at a
+    time, first come first served; each request's pieces come from ``generate_pieces``."""
 
     def __init__(self, model, tokenizer) -> None:
         self.model, self.tokenizer = model, tokenizer
@@ -431,8 +430,8 @@ def main() -> None:
     ap.add_argument("--engines-only", action="store_true",
                     help="skip the HTTP overhead part; measure only the engines side by side")
     ap.add_argument("--http", action="store_true",
-                    help="engines part: also through HTTP (a batched server once create_app "
-                         "takes max_batch=)")
+                    help="engines part: also through HTTP (create_app with max_batch=1 and "
+                         "with --max-batch)")
     ap.add_argument("--max-batch", type=int, default=16, help="the batched engine's max_batch")
     ap.add_argument("--levels", default=None,
                     help="concurrent clients of the engines part (default 1,4,16,64; "

@@ -53,6 +53,7 @@ What the server does:
 import argparse
 import os
 
+from ..batching import held_back
 from .app import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, create_app
 from .connections import (
     DEFAULT_BACKLOG,
@@ -72,7 +73,6 @@ from .protocol import (
     Engine,
     GenerationRequest,
     ServeError,
-    held_back,
 )
 
 __all__ = ["CHAT_STOP", "ChatCompletionRequest", "CompletionRequest", "DEFAULT_MAX_TOKENS_CAP",

@@ -133,21 +133,22 @@ def create_app(model, tokenizer, *, model_name: str = "gptcourse",
             raise ServeError("missing or incorrect API key: send 'Authorization: Bearer <key>'",
                              status=401, code="invalid_api_key")
 
-    too_large = ServeError(f"the request body is over this server's limit of {max_body_bytes} bytes",
-                           status=413, code="request_too_large")
+    def too_large() -> ServeError:  # a new one each time: a raised exception keeps its traceback
+        return ServeError(f"the request body is over this server's limit of {max_body_bytes} bytes",
+                          status=413, code="request_too_large")
 
     async def read_body(request: Request) -> bytes:
         """The body, refused (413) as soon as it is known to be over the limit."""
         size = request.headers.get("content-length", "")
         if size.isdigit() and (len(size) > 18 or int(size) > max_body_bytes):
-            raise too_large
+            raise too_large()
         chunks, n = [], 0
         try:
             async with asyncio.timeout(body_timeout):
                 async for chunk in request.stream():
                     n += len(chunk)
                     if n > max_body_bytes:
-                        raise too_large
+                        raise too_large()
                     chunks.append(chunk)
         except ClientDisconnect:
             raise _ClientGone() from None
@@ -192,7 +193,6 @@ def create_app(model, tokenizer, *, model_name: str = "gptcourse",
         raw = await read_body(request)
         loop = asyncio.get_running_loop()
         req = await loop.run_in_executor(parser, engine.parse_json, raw, chat)
-        engine.stats["requests"] += 1
         rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         created = int(time.time())
         head = {"id": rid, "object": "chat.completion" if chat else "text_completion",

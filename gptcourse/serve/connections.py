@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from .. import validate
 from .protocol import ServeError
 
 __all__ = ["DEFAULT_BACKLOG", "DEFAULT_HEADER_TIMEOUT", "DEFAULT_KEEP_ALIVE",
@@ -131,10 +132,9 @@ def server_options(host: str = "127.0.0.1", port: int = 8000, *,
     idle one is closed for a new one; 503 when all are busy). ``max_connections`` is lowered
     to stay under the process's limit on open files."""
     for name, v in (("header_timeout", header_timeout), ("keep_alive", keep_alive)):
-        if not v > 0:
-            raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
-    if max_connections < 1 or backlog < 1:
-        raise ValueError(f"max_connections and backlog must be positive, got {max_connections}, {backlog}")
+        validate.number(name, v, min=0, min_open=True, finite=False)  # seconds (inf: never)
+    max_connections = validate.integer("max_connections", max_connections, min=1)
+    backlog = validate.integer("backlog", backlog, min=1)
     with contextlib.suppress(ImportError, ValueError, OSError):
         import resource
 

@@ -16,11 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from .. import validate
-from ..batching import held_back
 
 __all__ = ["CHAT_STOP", "ChatCompletionRequest", "ChatMessage", "CompletionRequest",
            "DEFAULT_MAX_TOKENS_CAP", "Engine", "GenerationRequest", "MIN_TEMPERATURE", "MIN_TOP_P",
-           "ServeError", "StreamOptions", "decode_json", "held_back"]
+           "ServeError", "StreamOptions", "decode_json"]
 
 #: default cap on ``max_tokens`` (a request may not ask for more)
 DEFAULT_MAX_TOKENS_CAP = 512
@@ -254,7 +253,7 @@ class Engine:
         #: a longer prompt (in characters) cannot fit the context: refused before tokenizing
         self.max_prompt_chars = None if longest is None else self.block_size * longest
         self.created = int(time.time())
-        self.stats = {"requests": 0, "completed": 0, "cancelled": 0, "tokens": 0}
+        self.stats = {"tokens": 0}  # what pieces() generated (the server uses the batched engine's)
 
     # ---------------------------------------------------------------- parsing
     def encode(self, text: str, param: str) -> list[int]:
@@ -340,6 +339,3 @@ class Engine:
             self.stats["tokens"] += piece[2] - done
             done = piece[2]
             yield piece
-
-
-_Engine, _Request, _held_back = Engine, GenerationRequest, held_back  # the old private names

@@ -5,15 +5,14 @@ history trimming when the context is full."""
 from __future__ import annotations
 
 import io
-import json
 import socket
-import urllib.request
 
 import pytest
 
 pytest.importorskip("fastapi")
 
 from gptcourse.chat import Chat, LocalBackend, RemoteBackend  # noqa: E402
+from gptcourse.client import Client  # noqa: E402
 from gptcourse.finetune.instruct import messages_to_prompt  # noqa: E402
 from gptcourse.serve import background, create_app  # noqa: E402
 from gptcourse.tokenizer import BPETokenizer  # noqa: E402
@@ -157,11 +156,7 @@ def server(model, tokenizer):
 
 
 def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url + "/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json",
-                                          "Authorization": "Bearer k"})
-    with urllib.request.urlopen(req, timeout=20) as resp:
-        return json.loads(resp.read())
+    return Client(url, "k", timeout=20).request("POST", "/chat/completions", body)
 
 
 def test_chat_command_against_a_server_streams_the_servers_answer(server, model, tokenizer,

@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
+from openai_errors import openai_error as _error  # noqa: E402
 
 from gptcourse.finetune.instruct import format_prompt, messages_to_prompt  # noqa: E402
 from gptcourse.serve import background, create_app, held_back  # noqa: E402
@@ -24,17 +25,6 @@ def client(model, tokenizer):
     app = create_app(model, tokenizer, model_name="tiny", max_tokens_cap=CAP)
     with TestClient(app) as c:
         yield c
-
-
-def _error(r, status, param=None):
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["message"] and "Traceback" not in r.text
-    if param is not None:
-        assert body["error"]["param"] == param
-    return body["error"]
 
 
 def _events(text: str) -> list:
@@ -143,6 +133,14 @@ def test_completion_response_shape_and_seed(client, tokenizer):
     assert again["choices"][0]["text"] == choice["text"]  # the same seed, the same text
     other = client.post("/v1/completions", json={**body, "seed": 8}).json()
     assert other["choices"][0]["text"] != choice["text"]
+
+
+def test_each_request_is_counted_once(client):
+    stats = client.app.state.engine.stats
+    before = stats["requests"]
+    r = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2, "seed": 0})
+    assert r.status_code == 200, r.text
+    assert stats["requests"] - before == 1
 
 
 def test_greedy_matches_the_library(client, model, tokenizer):

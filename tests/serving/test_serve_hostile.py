@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("fastapi")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from openai_errors import openai_error as _error  # noqa: E402
 
 from gptcourse.serve import background, create_app  # noqa: E402
 
@@ -36,18 +37,6 @@ def client(model, tokenizer):
 def server(model, tokenizer):
     with background(_app(model, tokenizer, max_body_bytes=4096)) as url:
         yield url
-
-
-def _error(r, status: int, param: str | None = None, code: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["message"] and "Traceback" not in r.text
-    if param is not None:
-        assert body["error"]["param"] == param
-    if code is not None:
-        assert body["error"]["code"] == code
-    return body["error"]
 
 
 def _post_raw(client, raw: bytes, path: str = "/v1/completions"):
