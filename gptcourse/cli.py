@@ -62,12 +62,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_data(spec, distributed: bool):
+def _load_data(spec, ddp):
     """Train and validation shards of ``spec.data``, preparing them first when missing. Their
-    sha256 is checked by one process per machine (under torchrun: local rank 0; a failure there
-    stops the whole job)."""
+    sha256 is checked by one process per machine (under torchrun, ``ddp``: local rank 0; a
+    failure there stops the whole job)."""
     from .data import TokenShards
-    from .train import Distributed
 
     folder = Path(spec.data)
     if not (folder / "meta.json").is_file():
@@ -75,7 +74,7 @@ def _load_data(spec, distributed: bool):
         if not recipe:
             raise ValueError(f"{folder} holds no prepared shards; run `gptcourse prepare SOURCE "
                              f"--out {folder}` first")
-        if distributed:
+        if ddp.enabled:
             raise ValueError(f"{folder} holds no prepared shards; prepare them once before "
                              f"launching torchrun: gptcourse prepare {recipe.get('source')} "
                              f"--tokenizer {recipe.get('tokenizer', 'gpt2')} --out {folder}")
@@ -84,7 +83,7 @@ def _load_data(spec, distributed: bool):
         source = recipe.pop("source")
         print(f"{folder} is not prepared yet: preparing {source!r} first")
         prepare(source, folder, **recipe)
-    verify = Distributed.from_env().local_rank == 0
+    verify = ddp.local_rank == 0
     train = TokenShards(folder, "train", verify=verify)
     splits = train.meta["splits"]
     has_val = "val" in splits and isinstance(splits["val"], dict) and splits["val"].get("tokens")
@@ -104,19 +103,18 @@ def _train(spec, resume: str | None = None, overwrite: bool = False, quiet_setup
     """
     import warnings
 
-    from .train import CheckpointWarning, Distributed, Trainer, list_checkpoints
+    from .checkpoints import checkpoint_names
+    from .train import CheckpointWarning, Distributed, Trainer
 
     ddp = Distributed.from_env()
     out_dir = Path(spec.train.out_dir)
-    if resume is not None and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
-    found = [p.name for p in list_checkpoints(out_dir / "checkpoints")]
-    if resume is None and not overwrite and (found or (out_dir / "checkpoints/latest").exists()):
-        shown = ", ".join(found[-3:]) or "checkpoints/latest"
-        raise ValueError(f"{out_dir} already holds checkpoints ({shown}): pass --resume to "
-                         "continue that run, --overwrite to delete them and start over, or "
-                         "choose another --out-dir")
-    train, val = _load_data(spec, ddp.enabled)
+    # the Trainer refuses this too, but only once the data is loaded (or prepared)
+    found = checkpoint_names(out_dir / "checkpoints")
+    if resume is None and not overwrite and found:
+        raise ValueError(f"{out_dir} already holds checkpoints ({', '.join(found[-3:])}): pass "
+                         "--resume to continue that run, --overwrite to delete them and start "
+                         "over, or choose another --out-dir")
+    train, val = _load_data(spec, ddp)
     try:
         tokenizer = train.tokenizer()
     except Exception as err:  # shards written without a tokenizer record
@@ -142,7 +140,7 @@ def _train(spec, resume: str | None = None, overwrite: bool = False, quiet_setup
         elif resume is not None:
             print(f"no checkpoint in {out_dir}: starting a new run (--resume=auto-or-new)")
         elif overwrite and found:
-            print(f"--overwrite: deleted {len(found)} old checkpoint(s) in {out_dir}")
+            print(f"--overwrite: deleted the old checkpoints in {out_dir} ({', '.join(found[-3:])})")
         floor = val.entropy_per_token if val is not None else None
         print(f"model: {trainer.model.num_params():,} parameters ({config.n_layer} layers, "
               f"{config.n_head} heads, {config.n_embd} wide, context {config.block_size}, "
@@ -408,13 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=None, help="a named run (gptcourse presets)")
     p.add_argument("--config", default=None, help="a TOML file like gptcourse/presets/*.toml")
-    p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   metavar="PATH|auto-or-new",
-                   help="continue the run in out_dir from its newest valid checkpoint (an "
-                   "error if it has none); PATH: from that run or checkpoint; auto-or-new: "
-                   "resume if out_dir has a checkpoint, else start a new run")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete the checkpoints already in out_dir and start a new run")
+    fresh = p.add_mutually_exclusive_group()
+    fresh.add_argument("--resume", nargs="?", const="latest", default=None,
+                       metavar="PATH|auto-or-new",
+                       help="continue the run in out_dir from its newest valid checkpoint (an "
+                       "error if it has none); PATH: from that run or checkpoint; auto-or-new: "
+                       "resume if out_dir has a checkpoint, else start a new run")
+    fresh.add_argument("--overwrite", action="store_true",
+                       help="delete the checkpoints already in out_dir and start a new run")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sample", help="generate text from a trained run or checkpoint")

@@ -155,11 +155,8 @@ class TrainConfig:
             raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
         for name in ("compile", "checkpoints", "progress", "plots"):
             validate.flag(name, getattr(self, name))
-        if self.lr_schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"lr_schedule must be cosine, linear or constant, "
-                             f"got {self.lr_schedule!r}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        validate.choice("lr_schedule", self.lr_schedule, ("cosine", "linear", "constant"))
+        validate.choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -393,8 +390,6 @@ class Trainer:
                 folder, self.resume_note, meta = located
                 if self.resume_note:
                     warnings.warn(self.resume_note, CheckpointWarning, stacklevel=2)
-                if self.ddp.is_main:
-                    remove_partial_saves(root)
                 self._restore(folder, meta)
         else:
             self._foreign = checkpoint_names(root)

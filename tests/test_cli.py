@@ -155,6 +155,14 @@ def test_train_resume_auto_or_new_starts_a_new_run_in_an_empty_folder(tiny_data,
     assert "no checkpoint in" in capsys.readouterr().err
 
 
+def test_train_resume_and_overwrite_together_are_a_usage_error(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _train(tiny_data, tmp_path / "run", "--resume", "--overwrite")
+    assert exit_info.value.code == 2
+    assert "--overwrite: not allowed with argument --resume" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_prepare_a_latin1_or_empty_file_is_a_one_line_error(tmp_path, capsys):
     latin = tmp_path / "latin.txt"
     latin.write_bytes("Caf\u00e9 au lait, twice.\n\nA na\u00efve r\u00e9sum\u00e9.\n".encode("latin-1"))
