@@ -134,9 +134,9 @@ class ClassificationDataset(Dataset):
             text, label = ex
             label = validate.integer(f"example {i}: label", label, min=0)
             try:
-                full = encode_text(tokenizer, text, None, True, append_eot)
-                ids = full if max_length is None else encode_text(tokenizer, text, max_length,
-                                                                   truncate, append_eot)
+                ids = full = encode_text(tokenizer, text, None, True, append_eot)
+                if max_length is not None and len(full) > max_length:  # only these again: cut or raise
+                    ids = encode_text(tokenizer, text, max_length, truncate, append_eot)
             except ValueError as err:
                 raise ValueError(f"example {i}: {err}") from None
             self.n_truncated += len(ids) < len(full)
@@ -164,14 +164,13 @@ class ClassificationDataset(Dataset):
     def collate(self, batch: Sequence[tuple[Sequence[int], int]], padding: str = "dynamic") -> Batch:
         """:func:`collate` with this dataset's ``pad_id``; ``padding="longest"`` pads every batch
         to ``max_length`` (Raschka's fixed padding), ``"dynamic"`` to the batch's longest."""
-        if padding not in ("dynamic", "longest"):
-            raise ValueError(f"padding must be 'dynamic' or 'longest', got {padding!r}")
+        validate.choice("padding", padding, ("dynamic", "longest"))
         return collate(batch, self.pad_id, self.max_length if padding == "longest" else None)
 
     def loader(self, batch_size: int = 8, shuffle: bool = False, seed: int = 0,
                padding: str = "dynamic", drop_last: bool = False) -> DataLoader:
         """A DataLoader of :class:`Batch` es (seeded shuffling)."""
-        self.collate([self.items[0]], padding)  # validates padding
+        validate.choice("padding", padding, ("dynamic", "longest"))
         gen = torch.Generator().manual_seed(seed)
         return DataLoader(self, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
                           generator=gen, collate_fn=lambda b: self.collate(b, padding))

@@ -182,12 +182,9 @@ class ClassifierConfig:
         validate.number("lr", self.lr, min=0, min_open=True)
         for name in ("weight_decay", "grad_clip"):
             validate.number(name, getattr(self, name), min=0)
-        if self.lr_schedule not in ("constant", "cosine", "linear"):
-            raise ValueError(f"lr_schedule must be constant, cosine or linear, got {self.lr_schedule!r}")
-        if self.padding not in ("dynamic", "longest"):
-            raise ValueError(f"padding must be 'dynamic' or 'longest', got {self.padding!r}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        validate.choice("lr_schedule", self.lr_schedule, ("constant", "cosine", "linear"))
+        validate.choice("padding", self.padding, ("dynamic", "longest"))
+        validate.choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -302,14 +299,14 @@ def train_classifier(clf: GPTClassifier, train: ClassificationDataset,
     eval_every = c.eval_interval or per_epoch
     # a fixed shuffled order: the first train_eval_batches batches are a random sample
     eval_train = train.loader(c.batch_size * 4, shuffle=True, seed=c.seed + 1, padding=c.padding)
+    eval_val = val.loader(c.batch_size * 4, padding=c.padding) if val is not None else None
 
     def evaluate(step: int, epoch: float) -> dict[str, Any]:
         rec: dict[str, Any] = {"step": step, "epoch": round(epoch, 4)}
         tr = evaluate_classifier(clf, eval_train, max_batches=c.train_eval_batches)
         rec.update(train_loss=tr["loss"], train_accuracy=tr["accuracy"])
-        if val is not None:
-            va = evaluate_classifier(clf, val.loader(c.batch_size * 4, padding=c.padding),
-                                     max_batches=c.eval_batches)
+        if eval_val is not None:
+            va = evaluate_classifier(clf, eval_val, max_batches=c.eval_batches)
             rec.update(val_loss=va["loss"], val_accuracy=va["accuracy"])
         return rec
 

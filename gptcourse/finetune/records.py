@@ -242,10 +242,10 @@ def eot_id_of(tokenizer, eot_id: int | None = None) -> int:
     return int(eot)
 
 
-def encode_record(record: Mapping[str, Any], tokenizer) -> tuple[list[int], list[int]]:
+def encode_record(record: Mapping[str, Any], tokenizer, where: str = "record") -> tuple[list[int], list[int]]:
     """``(prompt_ids, response_ids)``: the prompt and the output tokenized separately (the
-    end-of-text id is appended by :func:`collate_instructions`)."""
-    check_record(record, need_output=True)
+    end-of-text id is appended by :func:`collate_instructions`); an error names ``where``."""
+    check_record(record, where, need_output=True)
     return tokenizer.encode(format_prompt(record)), tokenizer.encode(record["output"])
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from .. import validate
+from ..data.shards import write_atomic
 from .records import check_record, eot_id_of, format_prompt, prompt_too_long
 
 __all__ = ["extract_response", "generate_responses", "save_responses"]
@@ -100,13 +100,5 @@ def save_responses(path: str | os.PathLike, responses: Sequence[Mapping[str, Any
     """Write ``responses`` as an indented JSON list (UTF-8, written atomically); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(list(responses), f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(list(responses), indent=2, ensure_ascii=False) + "\n")
     return path

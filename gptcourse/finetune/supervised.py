@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import validate
 from .records import (
     IGNORE_INDEX,
-    check_record,
     collate_instructions,
     encode_record,
     eot_id_of,
@@ -61,8 +61,7 @@ class InstructionData:
                  mask_prompt: bool = False, max_length: int | None = None,
                  pad_id: int | None = None, eot_id: int | None = None,
                  ignore_index: int = IGNORE_INDEX, long_prompts: str = "error") -> None:
-        if long_prompts not in _LONG_PROMPTS:
-            raise ValueError(f"long_prompts must be one of {_LONG_PROMPTS}, got {long_prompts!r}")
+        validate.choice("long_prompts", long_prompts, _LONG_PROMPTS)
         if long_prompts == "drop" and max_length is None:
             raise ValueError("long_prompts='drop' needs max_length (the model's block_size)")
         records = list(records)
@@ -77,8 +76,7 @@ class InstructionData:
         self.examples: list[tuple[list[int], list[int]]] = []
         self.dropped: list[int] = []
         for i, r in enumerate(records):
-            check_record(r, f"record {i}", need_output=True)
-            prompt, response = encode_record(r, tokenizer)
+            prompt, response = encode_record(r, tokenizer, f"record {i}")
             if max_length is not None and len(prompt) > max_length:
                 if long_prompts == "error":
                     raise prompt_too_long(len(prompt), max_length, f"record {i}")

@@ -473,7 +473,7 @@ def _changed(before: Any, after: Any, depth: int = 0) -> str | None:
         if bool(same_.all()):
             return None
         return str(list((~same_).nonzero()[0].tolist())) if before.dim() else ""
-    if isinstance(before, torch.nn.Module) or (hasattr(before, "state_dict") and callable(before.state_dict)):
+    if callable(getattr(before, "state_dict", None)):  # a module, an optimizer
         try:
             return _changed(before.state_dict(), after.state_dict(), depth + 1)
         except Exception:  # not a real state_dict; treat as unchanged rather than guess
@@ -542,8 +542,6 @@ def _modified_message(name: str, at: str, before: Any) -> str:
 
     if isinstance(before, torch.Tensor):
         fix = f"{name} = {name}.clone()"
-    elif isinstance(before, torch.nn.Module):
-        fix = "copy.deepcopy(...) of it"
     elif isinstance(before, (list, dict, set)):
         fix = f"{name} = {name}.copy()"
     else:
@@ -784,9 +782,10 @@ def grade(notebook: str | os.PathLike, timeout: int = 900) -> GradeReport:
     for k, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
-                raised.append(f"cell {k} raised {out.get('ename')}: {out.get('evalue', '')[:200]}")
+                what = f"raised {out.get('ename')}: {out.get('evalue', '')[:200]}"
+                raised.append(f"cell {k} {what}")
                 if out.get("ename") != "NotImplementedError":
-                    errors.append(f"a cell raised {out.get('ename')}: {out.get('evalue', '')[:200]}")
+                    errors.append(f"a cell {what}")
     rows = []
     for task_id in expected:
         title = get_task(task_id).title

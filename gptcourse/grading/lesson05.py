@@ -94,11 +94,11 @@ def _tensor_diff(expected: torch.Tensor, got, atol: float, rtol: float = 1e-5, w
     if not expected.is_floating_point():
         if got.is_floating_point() or got.dtype == torch.bool:
             return f"{pre}expected integer token ids, got dtype {got.dtype}"
-        if not torch.equal(got.long(), expected.long()):
-            bad = tuple((got.long() != expected.long()).nonzero()[0].tolist())
-            n_bad = int((got.long() != expected.long()).sum())
-            return (f"{pre}token ids differ at {n_bad} of {expected.numel()} positions, first at index {bad}: "
-                    f"{int(got[bad])} instead of {int(expected[bad])}")
+        wrong = got.long() != expected.long()
+        if wrong.any():
+            bad = tuple(wrong.nonzero()[0].tolist())
+            return (f"{pre}token ids differ at {int(wrong.sum())} of {expected.numel()} positions, first at "
+                    f"index {bad}: {int(got[bad])} instead of {int(expected[bad])}")
         return None
     if not got.is_floating_point():
         return f"{pre}expected floating-point values, got dtype {got.dtype}"
