@@ -325,7 +325,6 @@ class Block(nn.Module):
 
 #: Hugging Face GPT-2 stores these as Conv1D, i.e. weight of shape (in, out): transpose them.
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-_CONV1D = CONV1D_WEIGHTS  # the old private name
 
 
 class GPT(nn.Module):

@@ -53,7 +53,7 @@ What the server does:
 import argparse
 import os
 
-from ..batching import held_back
+from ..textpieces import held_back
 from .app import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, create_app
 from .connections import (
     DEFAULT_BACKLOG,
