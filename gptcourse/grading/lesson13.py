@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import torch
 
 from ..serve import Engine, ServeError, held_back
+from ..textpieces import TextAssembler
 from . import Case, Task, register
 
 # -- references ---------------------------------------------------------------------------------
@@ -25,23 +26,21 @@ def _apply_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:min(cuts)], True) if cuts else (text, False)
 
 
+class _TokenTexts:
+    """A tokenizer whose token ``i`` is the text ``texts[i]`` (for :func:`_stream_pieces`)."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.texts[i] for i in ids)
+
+
 def _stream_pieces(tokens: list[str], stops: list[str]) -> tuple[list[str], str]:
-    """The server's streaming loop (``Engine.pieces``) over token texts that decode alone."""
-    pieces, text, sent, finish = [], "", 0, "length"
-    for k in range(len(tokens)):
-        text = "".join(tokens[:k + 1])
-        cuts = [i for i in (text.find(s, max(0, sent - len(s))) for s in stops) if i >= 0]
-        if cuts:
-            text = text[:min(cuts)]
-            finish = "stop"
-            break
-        safe = len(text) - held_back(text, stops)
-        if safe > sent:
-            pieces.append(text[sent:safe])
-            sent = safe
-    if text[sent:]:
-        pieces.append(text[sent:])
-    return pieces, finish
+    """The server's streaming loop (:class:`gptcourse.textpieces.TextAssembler`, what
+    ``Engine.pieces`` runs) over token texts that decode alone; empty pieces left out."""
+    pieces = list(TextAssembler(_TokenTexts(tokens), stops).pieces(range(len(tokens))))
+    return [text for text, _, _ in pieces if text], pieces[-1][1]
 
 
 def _chat_chunk(head: dict, content: str | None, finish_reason: str | None, role: bool = False) -> str:
